@@ -1,0 +1,1 @@
+"""The agent: joins memory -> baker -> serving, and drives them (CLI, runtime loop)."""
