@@ -1,0 +1,312 @@
+"""Prompt Baking (Bhargava et al. 2024, arXiv 2409.13697): turn a prompt u into LoRA weights so that
+the model without the prompt behaves like the model with it, minimising
+KL( P_θ(· | u) ‖ P_θu(·) ) over trajectories sampled from the prompted model.
+
+The loop, in order:
+  1. contexts   generic requests + probes of each prompt line + the teacher's own questions
+  2. sample     trajectories from the prompted teacher, once (vLLM when installed)
+  3. teacher    full-vocabulary log-probs of the prompted base, once, prompt prefix shared
+  4. train      student = base + LoRA, no prompt; KL on generated positions; checkpoint per epoch
+  5. evaluate   held-out KL before/after, drift KL(base ‖ baked) with no prompt anywhere
+  6. publish    adapter + bake.json renamed into place atomically
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .chat import chat_ids
+from .config import BakeConfig
+from .contexts import (SELF_QUESTION_REQUEST, Context, clean_self_questions, generic_requests,
+                       probe_questions, split)
+from .errors import BakeError, PromptError
+from .kl import batch_kl, mean_kl, sequence_logprobs
+from .models import context_length, load_model, weights_hash
+from .sampling import open_sampler
+
+BAKE_FILE = "bake.json"
+
+
+@dataclass
+class BakeResult:
+    adapter_dir: Path
+    metrics: dict = field(repr=False)
+
+    @property
+    def eval_kl_before(self) -> float:
+        return self.metrics["eval_kl_before"]
+
+    @property
+    def eval_kl_after(self) -> float:
+        return self.metrics["eval_kl_after"]
+
+    @property
+    def drift_kl(self) -> float:
+        return self.metrics["drift_kl"]
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()
+
+
+def check_prompt(prompt: str, tokenizer, max_len: int, config: BakeConfig, contexts: list[str]) -> int:
+    """Raise PromptError unless the prompt plus the longest context and the generated tokens fit in
+    the model's context. Returns the prompt's token count."""
+    if not prompt or not prompt.strip():
+        raise PromptError("the prompt is empty: nothing to bake")
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    longest = max((len(chat_ids(tokenizer, c, prompt)) for c in contexts), default=n_prompt)
+    need = longest + config.max_new_tokens
+    if need > max_len:
+        raise PromptError(
+            f"the prompt is {n_prompt} tokens; with the longest context and {config.max_new_tokens} "
+            f"new tokens a trajectory needs {need} tokens, more than the model's context of {max_len}"
+        )
+    return n_prompt
+
+
+def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
+         config: BakeConfig | None = None, user_contexts: list[str] | None = None,
+         progress: bool = True) -> BakeResult:
+    """Bake `prompt` into a LoRA adapter on the base model at `model_dir`, written to `out_dir`.
+
+    `out_dir` receives a plain PEFT adapter (loads with `PeftModel.from_pretrained` and in vLLM),
+    `bake.json` (config, hashes, per-epoch metrics, timings) and `checkpoints/epoch-N/` adapters.
+    Nothing appears at `out_dir` unless the bake completes.
+    """
+    config = config or BakeConfig()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    _check_writable(out_dir)
+
+    # Load the base once: it is the teacher (with the prompt) and, with LoRA, the student.
+    model, tok = load_model(model_dir)
+    max_len = context_length(model)
+    pad = tok.pad_token_id
+
+    # 1. contexts -------------------------------------------------------------------------------
+    t = time.perf_counter()
+    rng = random.Random(config.seed)
+    generic = generic_requests()
+    contexts = [Context(c, "generic") for c in rng.sample(generic, min(config.generic_contexts, len(generic)))]
+    if config.probe_questions:
+        contexts += [Context(c, "probe") for c in probe_questions(prompt)]
+    contexts += [Context(c, "user") for c in user_contexts or []]
+    n_prompt = check_prompt(prompt, tok, max_len, config, [c.text for c in contexts] + [SELF_QUESTION_REQUEST])
+    need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64
+    bar = _Bar(progress)
+
+    sampler = open_sampler(config.sampler, model_dir, seed=config.seed, max_model_len=min(max_len, max(need_len, 512)))
+    try:
+        if config.self_questions:
+            bar.phase("questions")
+            req = chat_ids(tok, SELF_QUESTION_REQUEST, prompt)
+            texts = sampler.generate([req], max_new_tokens=40, temperature=1.0, n=3 * config.self_questions)
+            questions = clean_self_questions([tok.decode(g, skip_special_tokens=True) for g in texts],
+                                             config.self_questions)
+            contexts += [Context(q, "self") for q in questions]
+        train_ctx, held_ctx = split(contexts, config.heldout_fraction, config.seed)
+        timings["contexts"] = time.perf_counter() - t
+
+        # 2. sample trajectories from the prompted teacher (and, for drift, the plain base) -------
+        t = time.perf_counter()
+        bar.phase("sampling")
+        teacher_ctx = {c: chat_ids(tok, c.text, prompt) for c in train_ctx + held_ctx}
+        student_ctx = {c: chat_ids(tok, c.text) for c in train_ctx + held_ctx}
+        k = config.samples_per_context
+        gens = sampler.generate([teacher_ctx[c] for c in train_ctx + held_ctx], config.max_new_tokens,
+                                temperature=config.temperature, n=k)
+        base_gens = sampler.generate([student_ctx[c] for c in held_ctx], config.max_new_tokens,
+                                     temperature=config.temperature, n=1)
+        timings["sampling"] = time.perf_counter() - t
+    finally:
+        sampler.close()
+
+    expand = lambda cs: [c for c in cs for _ in range(k)]  # noqa: E731  one entry per trajectory
+    train_c, held_c = expand(train_ctx), expand(held_ctx)
+    train_g, held_g = gens[: len(train_c)], gens[len(train_c):]
+    keep = [i for i, g in enumerate(train_g) if g]  # an immediate stop carries no signal
+    train_c, train_g = [train_c[i] for i in keep], [train_g[i] for i in keep]
+    if not train_g or not held_g:
+        raise BakeError("the teacher produced no usable trajectories (every sample was empty)")
+
+    # 3. teacher log-probs, once ----------------------------------------------------------------
+    t = time.perf_counter()
+    bar.phase("teacher")
+    lp = dict(pad=pad, batch_size=config.batch_size, dtype=config.compute_dtype, store=config.teacher_cache_dtype)
+    teacher_train = sequence_logprobs(model, [teacher_ctx[c] for c in train_c], train_g, **lp)
+    teacher_held = sequence_logprobs(model, [teacher_ctx[c] for c in held_c], held_g, **lp)
+    base_held = sequence_logprobs(model, [student_ctx[c] for c in held_ctx], base_gens, **lp)
+    timings["teacher"] = time.perf_counter() - t
+
+    # 4. student: base + LoRA (B = 0, so it starts exactly at the base) ---------------------------
+    from peft import LoraConfig, get_peft_model
+
+    student = get_peft_model(model, LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
+        target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+    s_train = [student_ctx[c] for c in train_c]
+    s_held = [student_ctx[c] for c in held_c]
+    eval_kl = lambda: mean_kl(student, s_held, held_g, teacher_held, pad, config.compute_dtype, config.batch_size)  # noqa: E731
+    t = time.perf_counter()
+    eval_kl_before = eval_kl()
+    timings["eval"] = time.perf_counter() - t
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    steps_per_epoch = math.ceil(len(s_train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(total_steps))
+    trained_tokens = sum(map(len, train_g))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    epochs: list[dict] = []
+    try:
+        bar.phase("train", total=total_steps)
+        order = list(range(len(s_train)))
+        for epoch in range(1, config.epochs + 1):
+            t_epoch, losses = time.perf_counter(), []
+            student.train()
+            rng.shuffle(order)
+            for i in range(0, len(order), config.batch_size):
+                idx = order[i : i + config.batch_size]
+                kl = batch_kl(student, [s_train[j] for j in idx], [train_g[j] for j in idx],
+                              [teacher_train[j] for j in idx], pad, config.compute_dtype)
+                loss = kl.mean()  # nats per generated token
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                bar.step(epoch=epoch, loss=losses[-1])
+            student.eval()
+            t_eval = time.perf_counter()
+            seconds = t_eval - t_epoch
+            held = eval_kl()
+            timings["eval"] += time.perf_counter() - t_eval
+            epochs.append({"epoch": epoch, "train_loss": sum(losses) / len(losses), "heldout_kl": held,
+                           "seconds": seconds})
+            bar.note(epoch=epoch, heldout_kl=held)
+            if config.checkpoints:  # the half-baked models
+                student.save_pretrained(tmp / "checkpoints" / f"epoch-{epoch}")
+        timings["train"] = sum(e["seconds"] for e in epochs)
+
+        # 5. drift: KL(base || baked) on held-out contexts, no prompt anywhere -------------------
+        t = time.perf_counter()
+        drift = mean_kl(student, [student_ctx[c] for c in held_ctx], base_gens, base_held, pad,
+                        config.compute_dtype, config.batch_size)
+        timings["eval"] += time.perf_counter() - t
+        bar.close()
+
+        # 6. write the adapter and its record, then rename into place ----------------------------
+        student.save_pretrained(tmp)
+        timings["total"] = time.perf_counter() - t_start
+        metrics = {
+            "format": 1,
+            "config": config.to_dict(),
+            "base_model": {"path": str(model_dir.resolve()), "sha256": weights_hash(model_dir)},
+            "prompt_sha256": prompt_hash(prompt),
+            "prompt_tokens": n_prompt,
+            "contexts": {s: sum(c.source == s for c in train_ctx + held_ctx) for s in ("generic", "probe", "self", "user")},
+            "trajectories": {"train": len(train_g), "heldout": len(held_g), "base_heldout": len(base_gens)},
+            "epochs": epochs,
+            "eval_kl_before": eval_kl_before,
+            "eval_kl_after": epochs[-1]["heldout_kl"],
+            "drift_kl": drift,
+            "tokens": {"generated": sum(map(len, gens)), "trained_per_epoch": trained_tokens,
+                       "trained_total": trained_tokens * config.epochs},
+            "trained_tokens_per_second": trained_tokens * config.epochs / max(timings["train"], 1e-9),
+            "timings": timings,
+            "sampler": config.sampler if config.sampler != "auto" else type(sampler).name,
+            "versions": _versions(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / BAKE_FILE).write_text(json.dumps(metrics, indent=2))
+        _replace_dir(tmp, out_dir)
+    finally:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BakeResult(out_dir, metrics)
+
+
+def _warmup_cosine(total: int, warmup_frac: float = 0.05, floor: float = 0.1):
+    warm = max(1, int(total * warmup_frac))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _check_writable(out_dir: Path) -> None:
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BakeError(f"cannot create output directory {parent}: {e}") from e
+    if not os.access(parent, os.W_OK):
+        raise BakeError(f"output directory {parent} is not writable")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BakeError(f"output path {out_dir} exists and is not a directory")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place; an existing output is replaced only at the end."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+class _Bar:
+    """One tqdm bar showing phase, step and loss (silent when progress=False)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def phase(self, name: str, total: int | None = None):
+        if not self.enabled:
+            return
+        self.close()
+        self.bar = tqdm(total=total, desc=f"bake [{name}]", leave=name == "train", dynamic_ncols=True)
+
+    def step(self, **postfix):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in postfix.items()})
+
+    def note(self, **postfix):
+        if self.bar is not None:
+            self.bar.set_postfix({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in postfix.items()})
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

