@@ -42,7 +42,9 @@ class HFSampler:
         self.seed, self.batch_size = seed, batch_size
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int,
-                 temperature: float | None = None, n: int = 1) -> list[list[int]]:
+                 temperature: float | None = None, n: int = 1, use_adapter: bool = True) -> list[list[int]]:
+        from contextlib import nullcontext
+
         from .chat import stop_ids
 
         torch.manual_seed(self.seed)
@@ -59,7 +61,8 @@ class HFSampler:
                 ids[row, width - len(p) :] = torch.tensor(p)
                 mask[row, width - len(p) :] = 1
             kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else dict(do_sample=False)
-            with torch.inference_mode():
+            off = self.model.disable_adapter() if (not use_adapter and hasattr(self.model, "disable_adapter")) else nullcontext()
+            with torch.inference_mode(), off:
                 gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           eos_token_id=stops, pad_token_id=pad, **kwargs)
             for row in gen[:, width:].tolist():
@@ -101,7 +104,7 @@ class VLLMSampler:
             raise BakeError(f"vLLM could not start on {model_dir}: {e}") from e
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int,
-                 temperature: float | None = None, n: int = 1) -> list[list[int]]:
+                 temperature: float | None = None, n: int = 1, use_adapter: bool = True) -> list[list[int]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -109,7 +112,7 @@ class VLLMSampler:
         params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature or 0.0,
                                 top_p=1.0, top_k=0 if temperature else -1)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                 lora_request=self.lora, use_tqdm=False)
+                                 lora_request=self.lora if use_adapter else None, use_tqdm=False)
         return [list(c.token_ids) for o in outs for c in o.outputs]
 
     def close(self):
