@@ -1,0 +1,185 @@
+"""Named, append-only schema migrations, each in its own transaction, tracked in `_migrations`.
+
+Never edit a migration that has shipped: add `m00N_...` at the end instead.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+from sqlite_utils import Database
+
+from .db import transaction, utcnow
+from .errors import MigrationError
+
+Migration = Callable[[Database], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def applied(db: Database) -> list[str]:
+    if "_migrations" not in db.table_names():
+        return []
+    return [r["name"] for r in db.query("SELECT name FROM _migrations ORDER BY id")]
+
+
+def migrate(db: Database, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply the migrations this DB lacks, in order; returns the names applied now.
+
+    Safe when several processes open a blank DB at once: each migration re-checks, under the
+    write lock, whether another process applied it meanwhile.
+    """
+    migrations = MIGRATIONS if migrations is None else migrations
+    known = {m.__name__ for m in migrations}
+    unknown = [name for name in applied(db) if name not in known]
+    if unknown:
+        raise MigrationError(
+            f"the memory DB has migrations this bakehouse does not know ({', '.join(unknown)}): "
+            "it was written by a newer version"
+        )
+    done_now = []
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations "
+        "(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_at TEXT NOT NULL)"
+    )
+    for m in migrations:
+        with transaction(db):
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", [m.__name__]).fetchone():
+                continue
+            try:
+                m(db)
+            except sqlite3.Error as e:
+                raise MigrationError(f"migration {m.__name__} failed: {e}") from e
+            db["_migrations"].insert({"name": m.__name__, "applied_at": utcnow()})
+        done_now.append(m.__name__)
+    return done_now
+
+
+def _run(db: Database, sql: str) -> None:
+    # One statement at a time: executescript() would COMMIT the migration's transaction.
+    statement = ""
+    for line in sql.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        db.execute(statement)
+
+
+@migration
+def m001_memories(db: Database) -> None:
+    """Tenants, memories (validity window, content hash, status) and the audit log."""
+    _run(db, """
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE memories (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(name),
+        kind TEXT NOT NULL
+            CHECK (kind IN ('headline', 'instruction', 'episode_summary', 'persona', 'fact')),
+        text TEXT NOT NULL CHECK (length(trim(text)) > 0),
+        source TEXT,
+        created_at TEXT NOT NULL,
+        published_at TEXT,
+        valid_from TEXT NOT NULL,       -- when it became true: published_at, else created_at
+        valid_to TEXT,                  -- set when superseded; NULL while valid
+        superseded_by INTEGER REFERENCES memories(id),
+        content_hash TEXT NOT NULL,     -- sha256 of the normalised text
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'baked', 'forgotten')),
+        meta TEXT                       -- JSON: title, link, guid of a headline, ...
+    ) STRICT;
+    -- De-duplication per tenant among live memories: a forgotten or superseded text may return.
+    CREATE UNIQUE INDEX memories_dedup ON memories(tenant, content_hash)
+        WHERE status != 'forgotten' AND valid_to IS NULL;
+    CREATE INDEX memories_by_tenant ON memories(tenant, status, kind, valid_from);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        tenant TEXT,
+        memory_id INTEGER,
+        adapter_version TEXT,
+        detail TEXT                     -- JSON
+    ) STRICT;
+    CREATE INDEX audit_by_memory ON audit(memory_id) WHERE memory_id IS NOT NULL;
+    CREATE INDEX audit_by_tenant ON audit(tenant, id)
+    """)
+
+
+@migration
+def m002_episodes(db: Database) -> None:
+    """Raw conversation transcripts per tenant; summarised = a summary memory exists."""
+    _run(db, """
+    CREATE TABLE episodes (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(name),
+        source TEXT,
+        messages TEXT NOT NULL DEFAULT '[]',   -- JSON list of {"role", "content"}
+        status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+        summary_memory_id INTEGER REFERENCES memories(id),
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        closed_at TEXT
+    ) STRICT;
+    CREATE INDEX episodes_by_tenant ON episodes(tenant, status)
+    """)
+
+
+@migration
+def m003_bake_ledger(db: Database) -> None:
+    """Adapter versions per tenant and the memories each one holds."""
+    _run(db, """
+    CREATE TABLE adapters (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(name),
+        version TEXT NOT NULL,
+        parent TEXT,                    -- version this layer was baked on top of
+        layer INTEGER NOT NULL CHECK (layer >= 0),
+        prompt_hash TEXT NOT NULL,
+        metrics TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL CHECK (status IN ('published', 'rejected', 'rolled_back')),
+        created_at TEXT NOT NULL,
+        UNIQUE (tenant, version)
+    ) STRICT;
+    CREATE TABLE adapter_memories (
+        adapter_id INTEGER NOT NULL REFERENCES adapters(id),
+        memory_id INTEGER NOT NULL REFERENCES memories(id),
+        PRIMARY KEY (adapter_id, memory_id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX adapter_memories_by_memory ON adapter_memories(memory_id)
+    """)
+
+
+@migration
+def m004_feeds(db: Database) -> None:
+    """RSS/Atom sources per tenant, their conditional-GET state, and the entries already seen."""
+    _run(db, """
+    CREATE TABLE feeds (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(name),
+        source TEXT NOT NULL,           -- http(s) URL or absolute file path
+        title TEXT,
+        etag TEXT,
+        modified TEXT,
+        added_at TEXT NOT NULL,
+        last_polled_at TEXT,
+        last_ok_at TEXT,
+        last_error TEXT,
+        UNIQUE (tenant, source)
+    ) STRICT;
+    CREATE TABLE feed_items (
+        feed_id INTEGER NOT NULL REFERENCES feeds(id),
+        key TEXT NOT NULL,              -- 'guid:...', 'link:...' or 'hash:...'
+        memory_id INTEGER NOT NULL REFERENCES memories(id),
+        PRIMARY KEY (feed_id, key)
+    ) STRICT, WITHOUT ROWID
+    """)
