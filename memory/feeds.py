@@ -8,7 +8,7 @@ records the error on the feed row and stores nothing; what earlier polls stored 
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -44,6 +44,7 @@ class Feed:
     last_ok_at: str | None
     last_error: str | None
     entries: int  # headlines stored from this feed so far
+    created: bool = field(default=True, compare=False)  # False: add_feed found it registered
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,10 @@ def add_feed(store: MemoryStore, source: str, tenant: str = "default") -> Feed:
         )
         if cur.rowcount:
             store._audit("feed.add", tenant=tenant, at=now, source=source)
-    (feed_id,) = store.db.execute(
-        "SELECT id FROM feeds WHERE tenant = ? AND source = ?", [tenant, source]
-    ).fetchone()
-    return get_feed(store, feed_id)
+        (feed_id,) = store.db.execute(
+            "SELECT id FROM feeds WHERE tenant = ? AND source = ?", [tenant, source]
+        ).fetchone()
+        return replace(get_feed(store, feed_id), created=bool(cur.rowcount))
 
 
 def normalise_source(source: str) -> str:

@@ -1,0 +1,231 @@
+"""`bakehouse remember`, `memories`, `forget`, `compose` and `feeds add|poll|list`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import click
+
+from memory import DEFAULT_TENANT, KINDS, STATUSES, MemoryStore, MemoryStoreError
+from memory import feeds as feedlib
+
+from . import cli, domain_errors, home_option
+
+tenant_option = click.option(
+    "--tenant", "-t", default=DEFAULT_TENANT, show_default=True, help="Whose memories."
+)
+
+
+def _store(home) -> MemoryStore:
+    return MemoryStore.in_home(home, actor="cli")
+
+
+def _short(text: str, width: int = 72) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command()
+@click.argument("text")
+@tenant_option
+@click.option("--kind", "-k", type=click.Choice(KINDS), default="fact", show_default=True)
+@click.option("--source", default="cli", show_default=True, help="Where it came from.")
+@click.option("--supersedes", type=int, metavar="ID", help="The memory this one replaces.")
+@home_option
+@domain_errors(MemoryStoreError)
+def remember(text, tenant, kind, source, supersedes, home):
+    """Store a memory for a tenant (it is baked at the next bake).
+
+    Example usage:
+
+        bakehouse remember "Always answer in French." --kind instruction
+        bakehouse remember --tenant alice "Alice's cat is called Tofu." --supersedes 12
+    """
+    with _store(home) as store:
+        if supersedes is not None:
+            old = store.get(supersedes)
+            if old.tenant != tenant:
+                raise click.ClickException(f"memory {supersedes} is not a memory of tenant {tenant!r}")
+            m = store.supersede(supersedes, text, kind=kind, source=source)
+            click.echo(f"Remembered #{m.id} ({m.kind}, tenant {m.tenant!r}), superseding #{supersedes}")
+            return
+        m = store.add(tenant, kind, text, source=source)
+    if m.created:
+        click.echo(f"Remembered #{m.id} ({m.kind}, tenant {m.tenant!r})")
+    else:
+        click.echo(f"Already remembered as #{m.id} ({m.kind}, {m.status})")
+
+
+@cli.command()
+@tenant_option
+@click.option("--status", "-s", type=click.Choice(STATUSES + ("all",)),
+              help="Only this status. Default: pending and baked.")
+@click.option("--kind", "-k", type=click.Choice(KINDS), multiple=True, help="Only these kinds.")
+@click.option("--limit", type=int, help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Full records as JSON.")
+@home_option
+@domain_errors(MemoryStoreError)
+def memories(tenant, status, kind, limit, as_json, home):
+    """List a tenant's memories, newest first (superseded ones are marked).
+
+    Example usage:
+
+        bakehouse memories
+        bakehouse memories --tenant alice --status forgotten --json
+    """
+    with _store(home) as store:
+        rows = store.memories(tenant, status=STATUSES if status == "all" else status,
+                              kind=kind or None, limit=limit)
+    if as_json:
+        click.echo(json.dumps(
+            [{k: v for k, v in dataclasses.asdict(m).items() if k != "created"} for m in rows],
+            indent=2, ensure_ascii=False,
+        ))
+        return
+    if not rows:
+        click.echo(f"no memories for tenant {tenant!r}")
+        return
+    click.echo(f"{'id':>6}  {'kind':<15} {'status':<17} {'date':<10}  text")
+    for m in rows:
+        state = f"superseded>#{m.superseded_by}" if m.valid_to and m.status != "forgotten" else m.status
+        click.echo(f"{m.id:>6}  {m.kind:<15} {state:<17} {m.valid_from[:10]:<10}  {_short(m.text)}")
+
+
+@cli.command()
+@click.argument("memory_id", type=int, metavar="ID")
+@click.option("--reason", "-r", help="Kept in the audit log.")
+@home_option
+@domain_errors(MemoryStoreError)
+def forget(memory_id, reason, home):
+    """Forget a memory: it leaves every later prompt; adapters holding it are flagged for a rebake.
+
+    Example usage:
+
+        bakehouse forget 12 --reason "user asked"
+    """
+    with _store(home) as store:
+        versions = store.forget(memory_id, reason=reason)
+    click.echo(f"Forgot #{memory_id}")
+    if versions:
+        click.echo(f"Adapter versions holding it, now needing a rebake: {', '.join(versions)}")
+
+
+@cli.command()
+@tenant_option
+@click.option("--budget", "-b", type=int, default=2000, show_default=True,
+              help="Token budget (approximate count: characters / 4).")
+@click.option("--kind", "-k", type=click.Choice(KINDS), multiple=True, help="Only these kinds.")
+@click.option("--pending-only", is_flag=True, help="Only memories not yet baked.")
+@click.option("--json", "as_json", is_flag=True, help="Text, memory ids, tokens, left out, hash.")
+@home_option
+@domain_errors(MemoryStoreError)
+def compose(tenant, budget, kind, pending_only, as_json, home):
+    """Print the prompt a tenant's memories make (what a bake would bake).
+
+    The text goes to stdout; a one-line summary (memories, tokens, left out) to stderr.
+
+    Example usage:
+
+        bakehouse compose --tenant alice --budget 500
+    """
+    with _store(home) as store:
+        p = store.compose(tenant, kinds=kind or None, budget_tokens=budget, pending_only=pending_only)
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(p), "hash": p.hash}, indent=2, ensure_ascii=False))
+        return
+    if p.text:
+        click.echo(p.text)
+    left = f": {' '.join(f'#{i}' for i in p.left_out)}" if p.left_out else ""
+    click.echo(
+        f"[{len(p.memory_ids)} {'memory' if len(p.memory_ids) == 1 else 'memories'}, "
+        f"~{p.tokens}/{budget} tokens, "
+        f"{len(p.left_out)} left out{left}; sha256 {p.hash[:12]}]",
+        err=True,
+    )
+
+
+@cli.group()
+def feeds():
+    """RSS/Atom feeds whose entries become dated-news memories."""
+
+
+@feeds.command("add")
+@click.argument("source", metavar="URL_OR_PATH")
+@tenant_option
+@home_option
+@domain_errors(MemoryStoreError)
+def feeds_add(source, tenant, home):
+    """Register a feed for a tenant (nothing is fetched until `feeds poll`).
+
+    Example usage:
+
+        bakehouse feeds add https://example.org/news.rss
+        bakehouse feeds add ./news.atom --tenant alice
+    """
+    with _store(home) as store:
+        f = feedlib.add_feed(store, source, tenant)
+    verb = "Added feed" if f.created else "Feed already added"
+    click.echo(f"{verb} #{f.id} for tenant {f.tenant!r}: {f.source}")
+
+
+@feeds.command("poll")
+@click.option("--tenant", "-t", help="Only this tenant's feeds.")
+@click.option("--feed", "feed_id", type=int, metavar="ID", help="Only this feed.")
+@click.option("--max-new", type=int, default=feedlib.MAX_NEW_PER_POLL, show_default=True,
+              help="Cap on new headlines per feed per poll.")
+@click.option("--timeout", type=float, default=feedlib.TIMEOUT_S, show_default=True,
+              help="Seconds per HTTP fetch.")
+@home_option
+@domain_errors(MemoryStoreError)
+def feeds_poll(tenant, feed_id, max_new, timeout, home):
+    """Fetch every feed and store its new entries (exit code 1 if any feed failed).
+
+    Example usage:
+
+        bakehouse feeds poll
+        bakehouse feeds poll --tenant alice --max-new 50
+    """
+    with _store(home) as store:
+        results = feedlib.poll(store, tenant=tenant, feed_id=feed_id, timeout=timeout, max_new=max_new)
+    if not results:
+        click.echo("no feeds (bakehouse feeds add URL_OR_PATH)")
+        return
+    for r in results:
+        if r.error:
+            outcome = f"error: {r.error}"
+        elif r.not_modified:
+            outcome = "not modified"
+        else:
+            outcome = f"{r.new} new, {r.seen} already stored" + (", more next poll" if r.more else "")
+        click.echo(f"#{r.feed.id} [{r.feed.tenant}] {r.feed.source}: {outcome}")
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(results)} feeds failed")
+
+
+@feeds.command("list")
+@click.option("--tenant", "-t", help="Only this tenant's feeds.")
+@click.option("--json", "as_json", is_flag=True)
+@home_option
+@domain_errors(MemoryStoreError)
+def feeds_list(tenant, as_json, home):
+    """List feeds with their last poll and last error.
+
+    Example usage:
+
+        bakehouse feeds list
+    """
+    with _store(home) as store:
+        rows = feedlib.list_feeds(store, tenant)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(f) for f in rows], indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no feeds (bakehouse feeds add URL_OR_PATH)")
+        return
+    click.echo(f"{'id':>4}  {'tenant':<12} {'entries':>7}  {'last ok':<19}  source")
+    for f in rows:
+        ok = (f.last_ok_at or "never")[:19].replace("T", " ")
+        click.echo(f"{f.id:>4}  {f.tenant:<12} {f.entries:>7}  {ok:<19}  {f.source}")
+        if f.last_error:
+            click.echo(f"{'':>6}last error: {f.last_error}")
