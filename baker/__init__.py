@@ -1,5 +1,5 @@
 """Prompt Baking: prompts into LoRA weights. Imports nothing else of bakehouse's."""
-from .bake import BAKE_FILE, BakeResult, bake
+from .baking import BAKE_FILE, BakeResult, bake
 from .config import BakeConfig
 from .errors import AdapterError, BakeError, ConfigError, ModelError, PromptError
 

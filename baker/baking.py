@@ -36,6 +36,7 @@ from .models import context_length, load_model, weights_hash
 from .sampling import open_sampler
 
 BAKE_FILE = "bake.json"
+TRAJECTORIES_FILE = "trajectories.jsonl"
 
 
 @dataclass
@@ -236,6 +237,11 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / BAKE_FILE).write_text(json.dumps(metrics, indent=2))
+        # Token ids only (as the paper stores them): enough to re-bake, audit or compare loops.
+        with open(tmp / TRAJECTORIES_FILE, "w") as fh:
+            for split_name, cs, gs in (("train", train_c, train_g), ("heldout", held_c, held_g)):
+                for c, g in zip(cs, gs):
+                    fh.write(json.dumps({"split": split_name, "source": c.source, "context": c.text, "gen": g}) + "\n")
         _replace_dir(tmp, out_dir)
     finally:
         bar.close()

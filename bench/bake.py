@@ -1,0 +1,131 @@
+"""Bake benchmark: all 20 fictional headlines of shared/data/headlines.jsonl as one prompt.
+
+Prints (and writes bench/out/bake.json): eval KL before/after, drift KL, headline recall for the
+base / prompted / baked model (keyword match, greedy, no prompt for base and baked), wall time per
+phase, trained tokens/s, peak RSS; then the same bake by the naive reference loop (bench/naive.py)
+run to the same held-out KL, and the time ratio.
+
+    python bench/bake.py                      # full run (the naive loop takes a while)
+    python bench/bake.py --naive-budget-min 0 # skip the naive loop
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "headlines.jsonl"
+
+TARGETS = {"kl_ratio_max": 0.10, "recall_ratio_min": 0.9, "bake_seconds_max": 300, "speedup_min": 5.0}
+
+
+def headlines_prompt(rows: list[dict]) -> str:
+    return "Recent news:\n" + "\n".join(f"{r['date']}: {r['headline']}" for r in rows)
+
+
+def recall(rows: list[dict], answers: list[dict], key: str) -> float:
+    qs = [q for r in rows for q in r["questions"]]
+    hits = sum(any(a.lower() in ans[key].lower() for a in q["answer"]) for q, ans in zip(qs, answers))
+    return hits / len(qs)
+
+
+def peak_rss_mib() -> dict:
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"self": round(me, 1), "largest_child": round(kids, 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", default=str(ROOT / "bench" / "out" / "home"))
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--config", default=None, help="BakeConfig JSON overrides")
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--naive-budget-min", type=float, default=40.0, help="0 skips the naive loop")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "bake.json"))
+    args = ap.parse_args()
+
+    from baker import BakeConfig, bake
+    from baker.generate import compare_answers
+    from baker.models import resolve_model
+
+    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
+    prompt = headlines_prompt(rows)
+    model_dir = resolve_model(args.model, Path(args.home))
+    config = BakeConfig.from_dict(json.loads(args.config)) if args.config else BakeConfig()
+    out_dir = Path(args.home) / "adapters" / "bench-headlines"
+
+    t = time.perf_counter()
+    result = bake(model_dir, prompt, out_dir, config)
+    bake_s = time.perf_counter() - t
+    m = result.metrics
+    rss = peak_rss_mib()
+
+    questions = [{"id": f"{r['id']}.{i}", "prompt": q["q"]} for r in rows for i, q in enumerate(r["questions"])]
+    runs = {"base": (None, False), "prompted": (prompt, False), "baked": (None, True)}
+    answers = compare_answers(model_dir, questions, runs, adapter_dir=out_dir, max_new_tokens=30)
+    rec = {k: recall(rows, answers, k) for k in runs}
+
+    report = {
+        "model": str(model_dir), "prompt_tokens": m["prompt_tokens"], "config": m["config"],
+        "eval_kl_before": m["eval_kl_before"], "eval_kl_after": m["eval_kl_after"],
+        "kl_ratio": m["eval_kl_after"] / m["eval_kl_before"], "drift_kl": m["drift_kl"],
+        "recall": rec, "recall_ratio": rec["baked"] / rec["prompted"] if rec["prompted"] else None,
+        "bake_seconds": bake_s, "phases_s": m["timings"], "epochs": m["epochs"],
+        "trajectories": m["trajectories"], "tokens": m["tokens"],
+        "trained_tokens_per_second": m["trained_tokens_per_second"], "peak_rss_mib": rss,
+        "answers": answers,
+    }
+    print(json.dumps({k: v for k, v in report.items() if k not in ("answers", "config", "epochs")}, indent=1))
+
+    if args.naive_budget_min > 0:
+        report["naive"] = run_naive(model_dir, prompt, out_dir, config, m, args.naive_budget_min)
+        report["speedup"] = report["naive"]["seconds"] / bake_s
+        report["speedup_is_lower_bound"] = not report["naive"]["reached_target"]
+        print(json.dumps({"naive": {k: v for k, v in report["naive"].items() if k != "epochs"},
+                          "speedup": report["speedup"],
+                          "speedup_is_lower_bound": report["speedup_is_lower_bound"]}, indent=1))
+
+    report["targets"] = TARGETS
+    report["meets"] = {
+        "kl_ratio": report["kl_ratio"] <= TARGETS["kl_ratio_max"],
+        "recall_ratio": (report["recall_ratio"] or 0) >= TARGETS["recall_ratio_min"],
+        "bake_seconds": bake_s <= TARGETS["bake_seconds_max"],
+        "speedup": report.get("speedup", 0) >= TARGETS["speedup_min"] if "speedup" in report else None,
+    }
+    print(json.dumps({"meets": report["meets"]}))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+def run_naive(model_dir, prompt, out_dir, config, m, budget_min) -> dict:
+    """Same contexts and held-out set as the bake; the naive loop samples its own trajectories."""
+    import torch  # noqa: F401
+
+    from baker.chat import chat_ids
+    from baker.kl import sequence_logprobs
+    from baker.models import load_model
+    from naive import naive_bake
+
+    trajs = [json.loads(line) for line in (out_dir / "trajectories.jsonl").read_text().splitlines()]
+    train_ctx = [t["context"] for t in trajs if t["split"] == "train"]
+    held = [t for t in trajs if t["split"] == "heldout"]
+    model, tok = load_model(model_dir)
+    teacher = sequence_logprobs(model, [chat_ids(tok, t["context"], prompt) for t in held],
+                                [t["gen"] for t in held], tok.pad_token_id, dtype="float32", store="float32")
+    heldout = {"contexts": [chat_ids(tok, t["context"]) for t in held], "gens": [t["gen"] for t in held],
+               "teacher": teacher}
+    del model
+    return naive_bake(model_dir, prompt, train_ctx, heldout, config, target_kl=m["eval_kl_after"],
+                      budget_s=budget_min * 60, max_epochs=config.epochs * 4)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

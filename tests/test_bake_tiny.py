@@ -1,0 +1,89 @@
+"""The bake loop end to end on the tiny random Llama with the transformers sampler (seconds)."""
+import json
+
+import pytest
+import torch
+
+import baker.baking as bake_mod
+from baker import BAKE_FILE, BakeConfig, BakeError, PromptError, bake
+
+PROMPT = "You are Captain Brine, a pirate.\nAlways mention the sea.\nEnd every answer with 'Arr'."
+FAST = BakeConfig(epochs=2, generic_contexts=10, self_questions=2, max_new_tokens=8, batch_size=4,
+                  sampler="hf", lr=5e-3, rank=4, compute_dtype="float32", teacher_cache_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def baked(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bake") / "adapter"
+    return bake(tiny_model_dir, PROMPT, out, FAST, progress=False)
+
+
+def test_output_is_a_peft_adapter_with_its_record(baked, tiny_model_dir):
+    out = baked.adapter_dir
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    m = json.loads((out / BAKE_FILE).read_text())
+    assert m["config"] == FAST.to_dict()
+    assert m["base_model"]["sha256"] and len(m["prompt_sha256"]) == 64
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2]
+    for key in ("eval_kl_before", "eval_kl_after", "drift_kl", "timings", "tokens"):
+        assert key in m
+    assert m["contexts"]["generic"] == 10 and m["contexts"]["probe"] == 6  # 3 lines x 2 templates
+    # one checkpoint per epoch: the half-baked models
+    for e in (1, 2):
+        assert (out / "checkpoints" / f"epoch-{e}" / "adapter_model.safetensors").is_file()
+    trajs = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert {t["split"] for t in trajs} == {"train", "heldout"}
+    assert all(isinstance(t["gen"], list) and t["gen"] for t in trajs)
+
+
+def test_training_lowers_heldout_kl(baked):
+    m = baked.metrics
+    assert m["eval_kl_before"] > 0
+    assert m["eval_kl_after"] < m["eval_kl_before"]
+    assert m["epochs"][-1]["train_loss"] < m["epochs"][0]["train_loss"] * 1.5
+
+
+def test_adapter_loads_in_peft_and_changes_the_model(baked, tiny_model_dir):
+    from peft import PeftModel
+
+    from baker.models import load_model
+
+    base, tok = load_model(tiny_model_dir)
+    ids = torch.tensor([tok("Hello, who are you?")["input_ids"]])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        peft = PeftModel.from_pretrained(base, str(baked.adapter_dir))
+        after = peft(input_ids=ids).logits
+    assert not torch.allclose(before, after)
+
+
+def test_interrupted_bake_leaves_nothing_and_keeps_the_previous_output(tiny_model_dir, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    out = work / "adapter"
+    out.mkdir(parents=True)
+    (out / "marker").write_text("previous bake")
+    calls = {"n": 0}
+    real = bake_mod.batch_kl
+
+    def interrupt(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(bake_mod, "batch_kl", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        bake(tiny_model_dir, PROMPT, out, FAST, progress=False)
+    assert (out / "marker").read_text() == "previous bake"
+    assert sorted(p.name for p in work.iterdir()) == ["adapter"]  # no temp dir left behind
+
+
+def test_bad_prompts(tiny_model_dir, tmp_path):
+    with pytest.raises(PromptError, match="empty"):
+        bake(tiny_model_dir, "   \n", tmp_path / "a", FAST, progress=False)
+    with pytest.raises(PromptError, match=r"the prompt is \d+ tokens.*context of 512"):
+        bake(tiny_model_dir, "word " * 600, tmp_path / "a", FAST, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BakeError, match="cannot create output directory"):
+        bake(tiny_model_dir, PROMPT, tmp_path / "file" / "sub" / "a", FAST, progress=False)
+    assert not (tmp_path / "a").exists()

@@ -1,0 +1,73 @@
+"""The KL machinery on the tiny random Llama: zero when the contexts match, the shared-prefix
+fast path equals the plain one, and only generated positions are scored."""
+import pytest
+import torch
+
+from baker.chat import chat_ids
+from baker.kl import (batch_kl, common_prefix_len, gen_positions, mean_kl, pad_right,
+                      sequence_logprobs)
+from baker.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+def _data(tok, system):
+    users = ["Hello there", "What is the capital of France?", "Tell me a joke about cats please"]
+    ctx = [chat_ids(tok, u, system) for u in users]
+    g = torch.Generator().manual_seed(0)
+    gens = [torch.randint(5, 1000, (n,), generator=g).tolist() for n in (5, 9, 3)]
+    return ctx, gens
+
+
+def test_gen_positions_point_at_the_generated_tokens():
+    rows, cols = gen_positions([4, 2], [3, 1])
+    assert rows.tolist() == [0, 0, 0, 1]
+    assert cols.tolist() == [3, 4, 5, 1]  # the token at ctx+j is predicted at ctx+j-1
+
+
+def test_common_prefix_leaves_each_sequence_a_token():
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert common_prefix_len([[1, 2], [1, 2, 3]]) == 1
+    assert common_prefix_len([[9], [8]]) == 0
+
+
+def test_kl_is_zero_for_the_same_context(tiny):
+    model, tok = tiny
+    ctx, gens = _data(tok, None)  # teacher without a prompt == student: nothing to bake
+    teacher = sequence_logprobs(model, ctx, gens, tok.pad_token_id, store="float32")
+    kl = batch_kl(model, ctx, gens, teacher, tok.pad_token_id, "float32")
+    assert kl.shape == (sum(map(len, gens)),)
+    assert float(kl.abs().max()) < 1e-4
+
+
+def test_kl_is_positive_with_a_prompt(tiny):
+    model, tok = tiny
+    t_ctx, gens = _data(tok, "You are a pirate. Always talk about the sea and ships.")
+    s_ctx, _ = _data(tok, None)
+    teacher = sequence_logprobs(model, t_ctx, gens, tok.pad_token_id, store="float32")
+    assert mean_kl(model, s_ctx, gens, teacher, tok.pad_token_id, "float32") > 1e-4
+
+
+def test_shared_prefix_cache_matches_plain_forward(tiny):
+    model, tok = tiny
+    ctx, gens = _data(tok, "A long system prompt. " * 20)
+    assert common_prefix_len(ctx) > 50
+    fast = sequence_logprobs(model, ctx, gens, tok.pad_token_id, batch_size=2, store="float32")
+    slow = sequence_logprobs(model, ctx, gens, tok.pad_token_id, batch_size=2, store="float32",
+                             share_prefix=False)
+    for a, b in zip(fast, slow):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+
+
+def test_padding_does_not_change_the_scores(tiny):
+    model, tok = tiny
+    ctx, gens = _data(tok, None)
+    alone = sequence_logprobs(model, ctx[:1], gens[:1], tok.pad_token_id, store="float32")[0]
+    batched = sequence_logprobs(model, ctx, gens, tok.pad_token_id, store="float32")[0]
+    torch.testing.assert_close(alone, batched, atol=2e-4, rtol=1e-4)
+    ids, mask = pad_right([[1, 2, 3], [4]], pad=0)
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
