@@ -54,13 +54,20 @@ class BadRequest(ServingError):
 class Gateway:
     """Routing state and the engine it fronts. One per process; see `create_app` for the router."""
 
-    def __init__(self, cfg: ServeConfig, home: Path, engine: Engine | None = None):
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        home: Path,
+        engine: Engine | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: a fake vLLM
+    ):
         self.cfg = cfg
         self.home = Path(home)
         self.registry = Registry(self.home)
         self.tenants = TenantStore(self.home)
         self.engine = engine or Engine(cfg, self.home / "serving" / "logs" / "vllm.log")
         self.client: httpx.AsyncClient | None = None
+        self._transport = transport
         self._key_index: dict = {}
         self._tenant_names: set[str] = set()
         self._desired: dict[str, Version | None] = {}  # the registry's pointers, last read
@@ -84,6 +91,7 @@ class Gateway:
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            transport=self._transport,
         )
         self._refresh_files(force=True)
         self._tasks = [

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import RegistryError
+from .errors import AdapterValidationError, RegistryError
 from .validate import ADAPTER_WEIGHTS, validate_adapter
 
 SCHEMA = 1
@@ -155,7 +155,10 @@ class Registry:
                 if f.is_file():
                     shutil.copy2(f, staging / f.name)
             # Validate the copy, not the source: what we checked is exactly what will be served.
-            info = validate_adapter(staging, base_dir, max_rank)
+            try:
+                info = validate_adapter(staging, base_dir, max_rank)
+            except AdapterValidationError as e:  # name the user's dir, not our staging copy
+                raise AdapterValidationError(str(e).replace(str(staging), str(src))) from e
             digest = _sha256(staging / ADAPTER_WEIGHTS)
             with self._lock:
                 state = self.load()

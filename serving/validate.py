@@ -110,15 +110,16 @@ def validate_adapter(adapter_dir: Path, base_dir: Path, max_rank: int) -> Adapte
             raise AdapterValidationError(f"{w_path}: {key} holds NaN or inf")
         pairs.setdefault(module, {})[m["ab"]] = tuple(t.shape)
 
+    missing = sorted(m for m in pairs if m not in base)
+    if missing:
+        raise AdapterValidationError(
+            f"{w_path}: {len(missing)} target module(s) do not exist in the base model "
+            f"{base_dir.name}, e.g. {missing[0]} (adapter trained on another base?)"
+        )
     max_seen = 0
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"A", "B"}:
             raise AdapterValidationError(f"{w_path}: {module} has lora_{'A' if 'A' in ab else 'B'} only")
-        if module not in base:
-            raise AdapterValidationError(
-                f"{w_path}: target {module} does not exist in the base model {base_dir.name} "
-                "(adapter trained on another base?)"
-            )
         out_f, in_f = base[module][0], base[module][-1]
         (ra, a_in), (b_out, rb) = ab["A"], ab["B"]
         if ra != rb or a_in != in_f or b_out != out_f:

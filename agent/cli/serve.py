@@ -60,6 +60,7 @@ def serve(port, host, model_opt, engine_port, max_loras, max_lora_rank, kv_cache
     from serving.gateway import serve as run_gateway
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request otherwise
     cfg = ServeConfig(
         model_dir=resolve_model(model_opt, home),
         host=host,

@@ -1,0 +1,40 @@
+"""Helpers shared by tests/test_serving_*.py: build small PEFT LoRA adapters on a base model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_adapter(
+    base_dir: Path,
+    out: Path,
+    seed: int = 0,
+    scale: float = 1.0,
+    r: int = 8,
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    **lora_kwargs,
+) -> Path:
+    """A LoRA with random non-zero A and B (init_lora_weights=False), B scaled by `scale` so two
+    adapters give visibly different greedy answers. Saved with save_pretrained into `out`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False, **lora_kwargs)
+    get_peft_model(model, cfg).save_pretrained(out)
+    if scale != 1.0:
+        w = Path(out) / "adapter_model.safetensors"
+        tensors = {k: (v * scale if "lora_B" in k else v) for k, v in load_file(str(w)).items()}
+        save_file(tensors, str(w))
+    return Path(out)
+
+
+def corrupt_copy(src: Path, out: Path) -> Path:
+    """The same adapter with its safetensors truncated (a half-written file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter_config.json").write_bytes((src / "adapter_config.json").read_bytes())
+    data = (src / "adapter_model.safetensors").read_bytes()
+    (out / "adapter_model.safetensors").write_bytes(data[: len(data) // 3])
+    return out
