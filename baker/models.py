@@ -122,6 +122,7 @@ def load_model(path: Path, dtype=None):
     return model, tok
 
 
-def context_length(model) -> int:
-    cfg = model.config
+def context_length(model_or_config) -> int:
+    """The model's context window (max_position_embeddings), from a model or its config."""
+    cfg = getattr(model_or_config, "config", model_or_config)
     return int(getattr(cfg, "max_position_embeddings", None) or 2048)

@@ -1,0 +1,79 @@
+"""`bakehouse bake / generate / config` through click's CliRunner, on the tiny Llama (HF sampler)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import cli
+
+FAST = ["--epochs", "1", "--max-new-tokens", "6", "--sampler", "hf", "--quiet"]
+
+
+@pytest.fixture
+def run():
+    def go(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return go
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"generic_contexts": 6, "self_questions": 0, "batch_size": 4, "rank": 2,
+                               "compute_dtype": "float32"}))
+    return cfg
+
+
+def test_bake_then_generate(run, tiny_model_dir, tmp_path, fast_config):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("You love the color green.\nAlways mention green things.")
+    out = tmp_path / "adapter"
+    r = run("bake", prompt, "-o", out, "--model", tiny_model_dir, "--config", fast_config, *FAST)
+    assert r.exit_code == 0, r.output
+    assert "held-out KL" in r.output and (out / "bake.json").is_file()
+    assert json.loads((out / "bake.json").read_text())["config"]["generic_contexts"] == 6
+
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"id": 1, "prompt": "Hi"}\n\n{"id": "b", "prompt": "What color is grass?"}\n')
+    a = tmp_path / "answers" / "a.jsonl"
+    r = run("generate", "--model", tiny_model_dir, "--adapter", out, "--system-file", prompt,
+            "--input", q, "--output", a, "--max-new-tokens", 5, "--sampler", "hf")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in a.read_text().splitlines()]
+    assert [row["id"] for row in rows] == [1, "b"]
+    assert all(set(row) == {"id", "prompt", "text"} and isinstance(row["text"], str) for row in rows)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bake", "{empty}", "-o", "{tmp}/o", "--model", "{model}"], "the prompt is empty"),
+    (["bake", "{long}", "-o", "{tmp}/o", "--model", "{model}"], "more than the model's context of 512"),
+    (["bake", "{prompt}", "-o", "{tmp}/o", "--model", "{tmp}/nope"], "model directory not found"),
+    (["bake", "{prompt}", "-o", "{tmp}/file/o", "--model", "{model}"], "cannot create output directory"),
+    (["bake", "{prompt}", "-o", "{tmp}/o", "--model", "{model}", "--epochs", "0"], "epochs must be a positive integer"),
+    (["bake", "{tmp}/missing.txt", "-o", "{tmp}/o"], "cannot read prompt file"),
+    (["generate", "--model", "{model}", "--input", "{badq}", "--output", "{tmp}/a.jsonl"], "badq.jsonl:2: not valid JSON"),
+    (["generate", "--model", "{model}", "--adapter", "{tmp}", "--input", "{q}", "--output", "{tmp}/a.jsonl"], "not a PEFT adapter"),
+])
+def test_bad_input_is_one_clear_line(run, tiny_model_dir, tmp_path, args, message):
+    files = {"empty": "", "long": "word " * 600, "prompt": "Be nice.", "badq": '{"id":1,"prompt":"a"}\n{oops\n',
+             "q": '{"id":1,"prompt":"a"}\n'}
+    paths = {}
+    for name, text in files.items():
+        p = tmp_path / (f"{name}.jsonl" if name in ("badq", "q") else f"{name}.txt")
+        p.write_text(text)
+        paths[name] = p
+    (tmp_path / "file").write_text("x")
+    fmt = {"tmp": tmp_path, "model": tiny_model_dir, **paths}
+    r = CliRunner().invoke(cli, [a.format(**fmt) for a in args])
+    assert r.exit_code != 0
+    assert message in r.output, r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "a.jsonl").exists()
+
+
+def test_config_prints_the_resolved_config(run, home):
+    r = run("config", "--epochs", 7, "--rank", 8)
+    assert r.exit_code == 0
+    data = json.loads(r.output)
+    assert data["bake"]["epochs"] == 7 and data["bake"]["rank"] == 8
+    assert data["home"] == str(home)
