@@ -84,6 +84,7 @@ class Gateway:
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._status_written = 0.0
+        self._status_dirty = True  # routes changed: write gateway.json on the next tick
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -232,6 +233,8 @@ class Gateway:
         else:
             self.routes[tenant] = name
             self.retiring.discard(name)  # a rollback may revive a version not yet unloaded
+        if old != name:
+            self._status_dirty = True
         if old and old != name:
             self.retiring.add(old)
             log.info("tenant %s: %s -> %s", tenant, old, name or "base")
@@ -279,9 +282,9 @@ class Gateway:
     def _write_status(self, force: bool = False) -> None:
         """home/serving/gateway.json: what serves now, for `adapters list` and other processes."""
         now = time.time()
-        if not force and now - self._status_written < 0.5:
+        if not (force or self._status_dirty) and now - self._status_written < 0.5:
             return
-        self._status_written = now
+        self._status_written, self._status_dirty = now, False
         d = self.home / "serving"
         fd, tmp = tempfile.mkstemp(prefix=".gateway.", suffix=".tmp", dir=d)
         with os.fdopen(fd, "w") as f:

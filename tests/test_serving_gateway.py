@@ -1,0 +1,271 @@
+"""The gateway's routing, auth, swap protocol and error shapes against a fake vLLM (no engine).
+
+The fake speaks the few vLLM endpoints the gateway uses and answers "from <model>", so the tests
+see exactly which adapter name a request was routed to.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+from serving_helpers import make_adapter
+
+from serving.config import ServeConfig
+from serving.gateway import Gateway, create_app, read_status
+from serving.registry import Registry
+from serving.tenants import TenantStore
+
+
+class FakeVLLM:
+    def __init__(self):
+        self.loaded: dict[str, str] = {}
+        self.refuse: set[str] = set()  # names whose load fails
+        self.log: list[tuple[str, str]] = []
+        self.bodies: list[dict] = []
+        self.app = self._build()
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/health")
+        async def health():
+            return {}
+
+        @app.post("/v1/load_lora_adapter")
+        async def load(body: dict):
+            name = body["lora_name"]
+            if name in self.refuse:
+                return JSONResponse({"error": {"message": "bad adapter", "type": "X", "code": 500}}, 500)
+            if name in self.loaded:
+                return JSONResponse({"error": {"message": "has already been loaded"}}, 400)
+            self.loaded[name] = body["lora_path"]
+            self.log.append(("load", name))
+            return "ok"
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload(body: dict):
+            self.loaded.pop(body["lora_name"], None)
+            self.log.append(("unload", body["lora_name"]))
+            return "ok"
+
+        async def generate(request: Request):
+            body = await request.json()
+            self.bodies.append(body)
+            m = body["model"]
+            if m != "base" and m not in self.loaded:
+                return JSONResponse({"error": {"message": f"The model `{m}` does not exist. Valid: {list(self.loaded)}"}}, 404)
+            await asyncio.sleep(body.get("delay", 0))
+            return {"object": "chat.completion", "model": m, "choices": [{"message": {"content": f"from {m}"}}]}
+
+        app.add_api_route("/v1/chat/completions", generate, methods=["POST"])
+        app.add_api_route("/v1/completions", generate, methods=["POST"])
+        return app
+
+
+class FakeEngine:
+    """The Engine interface the gateway uses, without a process."""
+
+    url, port, pid, restarts, last_error = "http://vllm.test", 1, 4242, 0, None
+
+    def __init__(self):
+        self.state, self.epoch, self.want_up = "stopped", 0, True
+
+    async def supervise(self, client, on_up):
+        while True:
+            if self.want_up and self.state != "up":
+                self.epoch += 1
+                self.state = "up"
+                await on_up()
+            await asyncio.sleep(0.02)
+
+    def stop(self):
+        self.state = "stopped"
+
+
+@pytest.fixture(scope="module")
+def tiny_adapters(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("gw-adapters")
+    return [make_adapter(tiny_model_dir, d / f"a{i}", seed=i) for i in range(3)]
+
+
+@pytest.fixture
+def gw(home, tiny_model_dir):
+    """(client, gateway, fake vllm, fake engine, keys)"""
+    store = TenantStore(home)
+    keys = {n: store.add(n)[1] for n in ("alice", "bob", "carol")}
+    fake, engine = FakeVLLM(), FakeEngine()
+    cfg = ServeConfig(model_dir=tiny_model_dir, poll_interval=0.05)
+    gateway = Gateway(cfg, home, engine=engine, transport=httpx.ASGITransport(app=fake.app))
+    with TestClient(create_app(gateway)) as client:
+        _wait(lambda: gateway.ready)
+        yield client, gateway, fake, engine, keys
+
+
+def _wait(cond, timeout=3.0):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def _chat(client, key, model=None, **extra):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    if model is not None:
+        body["model"] = model
+    return client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def _publish(home, tiny_model_dir, tenant, src):
+    return Registry(home).publish(tenant, src, tiny_model_dir, 32)
+
+
+def test_routing_rewrites_model_and_isolates_caches(gw, home, tiny_model_dir, tiny_adapters):
+    client, gateway, fake, _, keys = gw
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    r = _chat(client, keys["alice"], model="alice")
+    assert r.status_code == 200 and r.json()["model"] == "alice@v1"
+    assert fake.bodies[-1]["cache_salt"] == "alice"
+    assert _chat(client, keys["alice"], model=None).json()["model"] == "alice@v1"
+    assert _chat(client, keys["bob"], model="bob").json()["model"] == "base"  # no adapter yet
+    assert fake.loaded["alice@v1"] == str(home / "adapters/alice/v1")
+    r = client.post("/v1/completions", json={"model": "alice", "prompt": "x"},
+                    headers={"Authorization": f"Bearer {keys['alice']}"})
+    assert r.json()["model"] == "alice@v1"
+
+
+@pytest.mark.parametrize(
+    "key, model, status, code",
+    [
+        (None, "alice", 401, "invalid_api_key"),
+        ("bh-000000000000-wrong", "alice", 401, "invalid_api_key"),
+        ("alice", "bob", 404, "model_not_found"),
+        ("alice", "bob@v1", 404, "model_not_found"),
+        ("alice", "base", 404, "model_not_found"),
+    ],
+)
+def test_errors_are_openai_shaped(gw, home, tiny_model_dir, tiny_adapters, key, model, status, code):
+    client, gateway, _, _, keys = gw
+    _publish(home, tiny_model_dir, "bob", tiny_adapters[1])
+    _wait(lambda: gateway.routes.get("bob") == "bob@v1")
+    r = _chat(client, keys.get(key, key), model=model)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["code"] == code and err["type"] and err["message"]
+    assert "/adapters" not in r.text  # no paths
+    assert model == "bob@v1" or "bob@v1" not in r.text  # no other tenant's names unless echoed
+
+
+def test_models_lists_only_the_callers_model(gw):
+    client, _, _, _, keys = gw
+    r = client.get("/v1/models", headers={"Authorization": f"Bearer {keys['carol']}"})
+    assert [m["id"] for m in r.json()["data"]] == ["carol"]
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models/alice", headers={"Authorization": f"Bearer {keys['carol']}"}).status_code == 404
+
+
+def test_bad_requests(gw):
+    client, _, _, _, keys = gw
+    h = {"Authorization": f"Bearer {keys['alice']}"}
+    assert _chat(client, keys["alice"], seed=3).json()["error"]["message"].startswith("per-request 'seed'")
+    r = client.post("/v1/chat/completions", content=b"{not json", headers=h)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = client.post("/v1/embeddings", json={}, headers=h)
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_publish_from_another_process_swaps_within_a_second(gw, home, tiny_model_dir, tiny_adapters):
+    client, gateway, fake, _, keys = gw
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    t0 = time.monotonic()
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[1])
+    while _chat(client, keys["alice"]).json()["model"] != "alice@v2":
+        assert time.monotonic() - t0 < 1.0
+    _wait(lambda: "alice@v1" not in fake.loaded)  # the old version is retired
+    assert fake.log.index(("load", "alice@v2")) < fake.log.index(("unload", "alice@v1"))
+    Registry(home).rollback("alice", 1)
+    _wait(lambda: _chat(client, keys["alice"]).json()["model"] == "alice@v1", timeout=1.0)
+    st = read_status(home)
+    assert st["routes"]["alice"] == "alice@v1" and st["ready"]
+
+
+def test_old_version_stays_loaded_until_its_requests_finish(gw, home, tiny_model_dir, tiny_adapters):
+    client, gateway, fake, _, keys = gw
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    out = {}
+    slow = threading.Thread(target=lambda: out.update(r=_chat(client, keys["alice"], delay=1.0)))
+    slow.start()
+    _wait(lambda: gateway.inflight["alice@v1"] == 1)
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[1])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v2")
+    time.sleep(0.3)
+    assert "alice@v1" in fake.loaded  # still answering the slow request
+    slow.join()
+    assert out["r"].status_code == 200 and out["r"].json()["model"] == "alice@v1"
+    _wait(lambda: "alice@v1" not in fake.loaded)
+
+
+def test_refused_version_is_marked_failed_and_old_keeps_serving(gw, home, tiny_model_dir, tiny_adapters):
+    client, gateway, fake, _, keys = gw
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    fake.refuse.add("alice@v2")
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[1])
+    _wait(lambda: Registry(home).load()["alice"].versions[2].status == "failed")
+    t = Registry(home).load()["alice"]
+    assert t.current == 1 and "bad adapter" in t.versions[2].error
+    assert _chat(client, keys["alice"]).json()["model"] == "alice@v1"
+    assert "alice@v2" in gateway.load_errors["alice"]
+
+
+def test_engine_down_gives_503_then_restart_reloads_adapters(gw, home, tiny_model_dir, tiny_adapters):
+    client, gateway, fake, engine, keys = gw
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    engine.want_up, engine.state = False, "down"
+    fake.loaded.clear()  # a new process holds nothing
+    r = _chat(client, keys["alice"])
+    assert r.status_code == 503 and r.headers["retry-after"] and r.json()["error"]["code"] == "engine_unavailable"
+    assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
+    engine.want_up = True
+    _wait(lambda: gateway.ready)
+    assert "alice@v1" in fake.loaded
+    assert _chat(client, keys["alice"]).json()["model"] == "alice@v1"
+
+
+def test_unreachable_engine_is_a_503(home, tiny_model_dir):
+    """A transport error (the process died between two health probes) -> 503 + Retry-After."""
+
+    def refuse(request):
+        raise httpx.ConnectError("connection refused")
+
+    TenantStore(home).add("alice")
+    engine = FakeEngine()
+    gateway = Gateway(ServeConfig(model_dir=tiny_model_dir), home, engine=engine,
+                      transport=httpx.MockTransport(refuse))
+    _, key = TenantStore(home).add("dave")
+    with TestClient(create_app(gateway)) as client:
+        _wait(lambda: gateway.ready)
+        r = _chat(client, key)
+        assert r.status_code == 503 and "retry-after" in r.headers
+        assert gateway.inflight["base"] == 0
+
+
+def test_is_idle(gw):
+    client, gateway, _, _, keys = gw
+    assert gateway.is_idle(0)
+    _chat(client, keys["carol"])
+    assert not gateway.is_idle(5) and gateway.is_idle(0)
+    time.sleep(0.2)
+    assert gateway.is_idle(0.1)
