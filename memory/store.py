@@ -446,7 +446,9 @@ class MemoryStore:
         where, params = ("WHERE tenant = ?", [tenant]) if tenant else ("", [])
         return [
             _audit_entry(r)
-            for r in self.db.query(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+            for r in self.db.query(
+                f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", [*params, limit]
+            )
         ]
 
     # -- episodes ------------------------------------------------------------------------------
@@ -467,8 +469,9 @@ class MemoryStore:
             if episode_id is None:
                 self._ensure_tenant(tenant, now)
                 episode_id = self.db["episodes"].insert({
-                    "tenant": tenant, "source": source, "messages": json.dumps(messages, ensure_ascii=False),
-                    "status": "open", "started_at": now, "updated_at": now,
+                    "tenant": tenant, "source": source, "status": "open",
+                    "messages": json.dumps(messages, ensure_ascii=False),
+                    "started_at": now, "updated_at": now,
                 }).last_pk
             else:
                 ep = self.episode(episode_id)
@@ -480,7 +483,8 @@ class MemoryStore:
                     "UPDATE episodes SET messages = ?, updated_at = ? WHERE id = ?",
                     [json.dumps(ep.messages + messages, ensure_ascii=False), now, episode_id],
                 )
-            self._audit("episode.record", tenant=tenant, at=now, episode=episode_id, messages=len(messages))
+            self._audit("episode.record", tenant=tenant, at=now, episode=episode_id,
+                        messages=len(messages))
             if close:
                 self._close_episode(episode_id, now)
         return self.episode(episode_id)
@@ -509,6 +513,7 @@ class MemoryStore:
         self, tenant: str, *, status: str | None = None, summarised: bool | None = None
     ) -> list[Episode]:
         self.require_tenant(tenant)
+        _as_list(status, ("open", "closed"), "episode status")
         sql = "SELECT * FROM episodes WHERE tenant = ?"
         params: list[Any] = [tenant]
         if status is not None:
@@ -548,28 +553,26 @@ class MemoryStore:
     ) -> Adapter:
         """Write a bake's result to the ledger. A published version marks its memories baked.
         `layer` defaults to the parent's layer + 1 (0 without a parent)."""
-        if status not in ADAPTER_STATUSES:
-            raise InvalidInput(f"invalid adapter status {status!r}: choose one of {', '.join(ADAPTER_STATUSES)}")
+        _as_list(status, ADAPTER_STATUSES, "adapter status")
         if not version or not isinstance(version, str):
             raise InvalidInput("an adapter version needs a non-empty name")
         now = utcnow()
         with self.transaction():
             self.require_tenant(tenant)
-            if parent is not None:
-                parent_layer = self.adapter(tenant, parent).layer
-                layer = parent_layer + 1 if layer is None else layer
-            layer = 0 if layer is None else layer
+            parent_layer = self.adapter(tenant, parent).layer if parent is not None else -1
+            layer = parent_layer + 1 if layer is None else layer
             if layer < 0:
                 raise InvalidInput(f"invalid layer index {layer}")
             try:
-                self.db.execute(
-                    "INSERT INTO adapters (tenant, version, parent, layer, prompt_hash, metrics, status,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [tenant, version, parent, layer, prompt_hash,
-                     json.dumps(metrics or {}, sort_keys=True), status, now],
-                )
+                self.db["adapters"].insert({
+                    "tenant": tenant, "version": version, "parent": parent, "layer": layer,
+                    "prompt_hash": prompt_hash, "metrics": json.dumps(metrics or {}, sort_keys=True),
+                    "status": status, "created_at": now,
+                })
             except sqlite3.IntegrityError as e:
-                raise StateError(f"adapter version {version!r} of tenant {tenant!r} is already recorded") from e
+                raise StateError(
+                    f"adapter version {version!r} of tenant {tenant!r} is already recorded"
+                ) from e
             self._audit("adapter.record", tenant=tenant, adapter_version=version, at=now,
                         status=status, parent=parent, layer=layer)
             self.mark_baked(memory_ids, version, tenant=tenant)
@@ -584,7 +587,9 @@ class MemoryStore:
             mems = self._get_many(ids)
             tenants = {m.tenant for m in mems} | ({tenant} if tenant else set())
             if len(tenants) > 1:
-                raise InvalidInput(f"memories of several tenants in one adapter: {', '.join(sorted(tenants))}")
+                raise InvalidInput(
+                    f"memories of several tenants in one adapter: {', '.join(sorted(tenants))}"
+                )
             if not tenants:
                 return
             (tenant,) = tenants
@@ -601,10 +606,12 @@ class MemoryStore:
                 self._audit("memory.bake", tenant=tenant, memory_id=i, adapter_version=version, at=now)
             self._refresh_baked(adapter.id)
 
-    def set_adapter_status(self, tenant: str, version: str, status: str, reason: str | None = None) -> Adapter:
-        """published / rejected / rolled_back. Memories held by no published version go back to pending."""
-        if status not in ADAPTER_STATUSES:
-            raise InvalidInput(f"invalid adapter status {status!r}: choose one of {', '.join(ADAPTER_STATUSES)}")
+    def set_adapter_status(
+        self, tenant: str, version: str, status: str, reason: str | None = None
+    ) -> Adapter:
+        """published / rejected / rolled_back. Memories that no published version holds any more
+        go back to pending."""
+        _as_list(status, ADAPTER_STATUSES, "adapter status")
         with self.transaction():
             adapter = self.adapter(tenant, version)
             self.db.execute("UPDATE adapters SET status = ? WHERE id = ?", [status, adapter.id])
@@ -688,7 +695,8 @@ def _check_messages(messages: Sequence[dict]) -> list[dict]:
         raise InvalidInput("messages must be a list of {'role': ..., 'content': ...}")
     out = []
     for n, msg in enumerate(messages):
-        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+        if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
+                and isinstance(msg.get("content"), str)):
             raise InvalidInput(f"message {n} must be a dict with string 'role' and 'content'")
         out.append(dict(msg))
     return out
