@@ -98,12 +98,23 @@ def kl_per_position(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor
     return F.kl_div(s, teacher_logprobs.float(), log_target=True, reduction="none").sum(-1)
 
 
-def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype: str):
-    """Per-position KL of `model` (student, no prompt) against cached teacher log-probs."""
-    ids, mask = pad_right([c + g for c, g in zip(contexts, gens)], pad)
-    rows, cols = gen_positions([len(c) for c in contexts], [len(g) for g in gens])
+def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype: str,
+             share_prefix: bool = True):
+    """Per-position KL of `model` (student, no prompt) against cached teacher log-probs.
+
+    The prefix the batch's contexts share (the chat template's default system turn) is run once
+    and its KV cache broadcast to every row; gradients flow back through it, so this equals the
+    plain batched forward while skipping (B-1) copies of the prefix."""
+    p = common_prefix_len(contexts) if share_prefix and len(contexts) > 1 else 0
+    ctx = [c[p:] for c in contexts]
+    ids, mask = pad_right([c + g for c, g in zip(ctx, gens)], pad)
+    rows, cols = gen_positions([len(c) for c in ctx], [len(g) for g in gens])
     with autocast(dtype):
-        logits = logits_at(model, ids, mask, rows, cols)
+        past = None
+        if p > 0:
+            past = causal_lm(model).model(input_ids=torch.tensor([contexts[0][:p]]), use_cache=True).past_key_values
+            past.batch_repeat_interleave(len(ctx))
+        logits = logits_at(model, ids, mask, rows, cols, past)
     return kl_per_position(logits, torch.cat(teacher))
 
 
