@@ -92,6 +92,8 @@ def test_feeds_add_poll_list(run, tmp_path):
     assert run("feeds", "poll").output == f"#1 [alice] {path}: 0 new, 2 already stored\n"
     lines = run("feeds", "list").output.splitlines()
     assert lines[1].split()[:3] == ["1", "alice", "2"] and lines[1].endswith(str(path))
+    (listed,) = json.loads(run("feeds", "list", "--json").output)
+    assert (listed["id"], listed["entries"], listed["title"], listed["last_error"]) == (1, 2, "Gazette", None)
     assert "- 2026-11-04: Rail strike in Dunmarrow ends after 19 days." in run("compose", "-t", "alice").stdout
 
     path.write_text("<html>not a feed</html>")

@@ -218,7 +218,10 @@ def feeds_list(tenant, as_json, home):
     with _store(home) as store:
         rows = feedlib.list_feeds(store, tenant)
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(f) for f in rows], indent=2, ensure_ascii=False))
+        click.echo(json.dumps(
+            [{k: v for k, v in dataclasses.asdict(f).items() if k != "created"} for f in rows],
+            indent=2, ensure_ascii=False,
+        ))
         return
     if not rows:
         click.echo("no feeds (bakehouse feeds add URL_OR_PATH)")
