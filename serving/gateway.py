@@ -114,8 +114,9 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """vLLM is up and every tenant's adapter has been (re)loaded into this engine epoch."""
-        return self.engine.state == "up" and self._synced_epoch == self.engine.epoch
+        """vLLM is up (its process alive: a death is seen at once, not at the next health probe)
+        and every tenant's adapter has been (re)loaded into this engine epoch."""
+        return self.engine.state == "up" and self.engine.alive() and self._synced_epoch == self.engine.epoch
 
     def is_idle(self, seconds: float) -> bool:
         """No request in flight and none started or finished for `seconds` (for the bake scheduler)."""

@@ -84,6 +84,9 @@ class FakeEngine:
                 await on_up()
             await asyncio.sleep(0.02)
 
+    def alive(self):
+        return self.state == "up"
+
     def stop(self):
         self.state = "stopped"
 

@@ -1,0 +1,197 @@
+"""End to end with a real vLLM (CPU) and SmolLM2: one gateway + engine for the whole module.
+
+Covers the official openai client (chat, streaming), per-tenant adapters, isolation, hot swap
+under load with zero failed requests, a corrupt publish refused while the old version serves,
+and surviving a killed vLLM process (503 + Retry-After meanwhile, same versions afterwards).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from serving_helpers import corrupt_copy, make_adapter
+
+from serving.config import ServeConfig
+from serving.engine import free_port
+from serving.gateway import Gateway, create_app
+from serving.registry import Registry
+from serving.tenants import TenantStore
+
+pytestmark = pytest.mark.vllm
+openai = pytest.importorskip("openai")
+pytest.importorskip("vllm")
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+BAKEHOUSE = str(Path(sys.executable).with_name("bakehouse"))
+
+
+def _wait_ready(url: str, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"gateway not ready after {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, smollm2_dir):
+    import uvicorn
+
+    home = tmp_path_factory.mktemp("serve-home")
+    src = tmp_path_factory.mktemp("serve-adapters")
+    ads = {
+        "a1": make_adapter(smollm2_dir, src / "a1", seed=1, scale=2.0),
+        "b1": make_adapter(smollm2_dir, src / "b1", seed=2, scale=3.0),
+        "a2": make_adapter(smollm2_dir, src / "a2", seed=3, scale=3.0),
+    }
+    store = TenantStore(home)
+    keys = {n: store.add(n)[1] for n in ("alice", "bob", "carol")}
+    reg = Registry(home)
+    reg.publish("alice", ads["a1"], smollm2_dir, 16)
+    reg.publish("bob", ads["b1"], smollm2_dir, 16)
+    cfg = ServeConfig(
+        model_dir=smollm2_dir, port=free_port(), max_loras=4, max_cpu_loras=8, max_lora_rank=16,
+        kv_cache_bytes=512 << 20, max_model_len=1024, max_num_seqs=32, startup_timeout=600,
+    )
+    gateway = Gateway(cfg, home)
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=cfg.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{cfg.port}"
+    try:
+        _wait_ready(url, 600)
+        yield SimpleNamespace(home=home, url=url, keys=keys, ads=ads, gateway=gateway, base=smollm2_dir)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        gateway.engine.stop()  # idempotent; makes sure no vLLM outlives the tests
+
+
+def client(s, tenant, **kw):
+    return openai.OpenAI(base_url=f"{s.url}/v1", api_key=s.keys[tenant], max_retries=0, timeout=120, **kw)
+
+
+def ask(s, tenant, max_tokens=12):
+    r = client(s, tenant).chat.completions.create(model=tenant, messages=QUESTION, max_tokens=max_tokens, temperature=0)
+    return r.model, r.choices[0].message.content
+
+
+def test_openai_client_chat_and_streaming(served):
+    c = client(served, "alice")
+    r = c.chat.completions.create(model="alice", messages=QUESTION, max_tokens=12, temperature=0)
+    assert r.model == "alice@v1" and r.choices[0].message.content
+    parts = [ch.choices[0].delta.content or "" for ch in
+             c.chat.completions.create(model="alice", messages=QUESTION, max_tokens=12, temperature=0, stream=True)
+             if ch.choices]
+    assert len(parts) > 1 and "".join(parts) == r.choices[0].message.content
+    done = list(c.completions.create(model="alice", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True))
+    assert done[-1].choices[0].finish_reason == "length"
+    assert [m.id for m in c.models.list().data] == ["alice"]
+
+
+def test_tenants_get_their_own_adapter(served):
+    answers = {t: ask(served, t) for t in ("alice", "bob", "carol")}
+    assert [m for m, _ in answers.values()] == ["alice@v1", "bob@v1", "base"]
+    texts = [a for _, a in answers.values()]
+    assert len(set(texts)) == 3, answers
+    assert "Paris" in answers["carol"][1]  # the base model, untouched
+
+
+def test_a_key_cannot_reach_another_tenants_model(served):
+    c = client(served, "alice")
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="bob", messages=QUESTION, max_tokens=4)
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="bob@v1", messages=QUESTION, max_tokens=4)
+    bad = openai.OpenAI(base_url=f"{served.url}/v1", api_key="bh-123-456", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="alice", messages=QUESTION, max_tokens=4)
+
+
+def test_hot_swap_under_load_has_no_failed_request(served):
+    _, v1_answer = ask(served, "alice")
+    results, stop = [], threading.Event()
+
+    def loop():
+        c = client(served, "alice")
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                r = c.chat.completions.create(model="alice", messages=QUESTION, max_tokens=8, temperature=0)
+                results.append((t, r.model, r.choices[0].message.content, None))
+            except Exception as e:  # counted, not raised: the assertion reports them all
+                results.append((t, None, None, repr(e)))
+
+    workers = [threading.Thread(target=loop) for _ in range(3)]
+    for w in workers:
+        w.start()
+    time.sleep(2.0)
+    v = Registry(served.home).publish("alice", served.ads["a2"], served.base, 16)  # as another process would
+    t_pub = time.monotonic()
+    while not any(m == v.name for _, m, _, _ in results) and time.monotonic() - t_pub < 10:
+        time.sleep(0.05)
+    time.sleep(2.0)
+    stop.set()
+    for w in workers:
+        w.join(60)
+
+    failed = [r for r in results if r[3] is not None]
+    assert not failed, failed[:3]
+    after = [r for r in results if r[0] >= t_pub + 1.0]  # started >= 1 s after the publish
+    assert after and all(m == "alice@v2" for _, m, _, _ in after), [(round(t - t_pub, 2), m) for t, m, _, _ in results]
+    assert any(m == "alice@v1" for _, m, _, _ in results)  # the loop really spanned the swap
+    assert ask(served, "alice")[1] != v1_answer
+    deadline = time.monotonic() + 5
+    while "alice@v1" in served.gateway.loaded and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "alice@v1" not in served.gateway.loaded  # retired once its requests finished
+
+
+def test_corrupt_adapter_is_refused_and_old_keeps_serving(served, tmp_path):
+    before = ask(served, "bob")
+    bad = corrupt_copy(served.ads["a2"], tmp_path / "bad")
+    env = dict(os.environ, BAKEHOUSE_HOME=str(served.home))
+    p = subprocess.run([BAKEHOUSE, "adapters", "publish", "bob", str(bad)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "corrupt safetensors" in p.stderr, p.stderr
+    assert Registry(served.home).current("bob").version == 1
+    time.sleep(0.6)
+    assert ask(served, "bob") == before
+
+
+def test_cli_publish_from_another_process_is_served(served):
+    env = dict(os.environ, BAKEHOUSE_HOME=str(served.home))
+    p = subprocess.run([BAKEHOUSE, "adapters", "publish", "carol", str(served.ads["a1"])], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "published carol@v1" in p.stdout and "serving carol@v1" in p.stdout
+    assert ask(served, "carol")[0] == "carol@v1"
+
+
+def test_killed_vllm_is_restarted_with_the_same_versions(served):
+    before = {t: ask(served, t) for t in ("alice", "bob", "carol")}
+    engine = served.gateway.engine
+    old_pid = engine.pid
+    os.kill(old_pid, signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(openai.APIStatusError) as e:  # during the outage
+        ask(served, "alice")
+    assert e.value.status_code == 503 and e.value.response.headers.get("retry-after")
+    assert e.value.body["code"] == "engine_unavailable"
+    assert httpx.get(f"{served.url}/ready").status_code == 503
+    _wait_ready(served.url, 600)
+    assert engine.pid != old_pid and engine.restarts >= 1
+    after = {t: ask(served, t) for t in ("alice", "bob", "carol")}
+    assert after == before
