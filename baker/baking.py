@@ -79,8 +79,12 @@ def check_prompt(prompt: str, tokenizer, max_len: int, config: BakeConfig, conte
 
 def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
          config: BakeConfig | None = None, user_contexts: list[str] | None = None,
-         progress: bool = True) -> BakeResult:
+         progress: bool = True, parent: str | os.PathLike | None = None) -> BakeResult:
     """Bake `prompt` into a LoRA adapter on the base model at `model_dir`, written to `out_dir`.
+
+    With `parent` (an adapter, e.g. a stack of earlier layers) this is sequential baking,
+    B(B(θ, u1), u2): teacher and student start from base + parent, and the output is the new layer
+    alone (stack it on the parent with `baker.adapters.stack_adapters` to serve both).
 
     `out_dir` receives a plain PEFT adapter (loads with `PeftModel.from_pretrained` and in vLLM),
     `bake.json` (config, hashes, per-epoch metrics, timings) and `checkpoints/epoch-N/` adapters.
@@ -96,6 +100,13 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
 
     # Load the base once: it is the teacher (with the prompt) and, with LoRA, the student.
     model, tok = load_model(model_dir)
+    if parent is not None:  # fold the earlier layers into the weights the new layer starts from
+        from peft import PeftModel
+
+        from .generate import check_adapter
+
+        parent = check_adapter(parent).resolve()
+        model = PeftModel.from_pretrained(model, str(parent)).merge_and_unload()
     max_len = context_length(model)
     pad = tok.pad_token_id
 
@@ -111,7 +122,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64
     bar = _Bar(progress)
 
-    sampler = open_sampler(config.sampler, model_dir, seed=config.seed, max_model_len=min(max_len, max(need_len, 512)))
+    sampler = open_sampler(config.sampler, model_dir, parent, seed=config.seed, max_model_len=min(max_len, max(need_len, 512)))
     try:
         if config.self_questions:
             bar.phase("questions")
@@ -220,6 +231,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             "format": 1,
             "config": config.to_dict(),
             "base_model": {"path": str(model_dir.resolve()), "sha256": weights_hash(model_dir)},
+            "parent": None if parent is None else {"path": str(parent), "sha256": _file_hash(parent / "adapter_model.safetensors")},
             "prompt_sha256": prompt_hash(prompt),
             "prompt_tokens": n_prompt,
             "contexts": {s: sum(c.source == s for c in train_ctx + held_ctx) for s in ("generic", "probe", "self", "user")},
@@ -247,6 +259,10 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return BakeResult(out_dir, metrics)
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _warmup_cosine(total: int, warmup_frac: float = 0.05, floor: float = 0.1):

@@ -87,3 +87,28 @@ def test_bad_prompts(tiny_model_dir, tmp_path):
     with pytest.raises(BakeError, match="cannot create output directory"):
         bake(tiny_model_dir, PROMPT, tmp_path / "file" / "sub" / "a", FAST, progress=False)
     assert not (tmp_path / "a").exists()
+
+
+def test_sequential_bake_starts_from_the_parent(tiny_model_dir, baked, tmp_path):
+    """B(B(θ, u1), u2): the second layer's 'before' is measured on base + first layer."""
+    second = bake(tiny_model_dir, "You are a cheerful baker.\nTalk about bread.", tmp_path / "second",
+                  FAST, progress=False, parent=baked.adapter_dir)
+    assert second.metrics["parent"]["path"] == str(baked.adapter_dir.resolve())
+    assert second.eval_kl_after < second.eval_kl_before
+    from baker.adapters import stack_adapters
+
+    stacked = stack_adapters([baked.adapter_dir, second.adapter_dir], tmp_path / "stack")
+    assert json.loads((stacked / "adapter_config.json").read_text())["r"] == 2 * FAST.rank
+
+
+def test_prompt_pursuit_stacks_its_rounds(tiny_model_dir, tmp_path):
+    from baker.pursuit import pursue
+
+    cfg = FAST.replace(epochs=1)
+    results = pursue(tiny_model_dir, PROMPT, tmp_path / "pursued", rounds=2, config=cfg, progress=False)
+    out = tmp_path / "pursued"
+    assert len(results) == 2 and results[1].metrics["parent"] is not None
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 2 * cfg.rank
+    assert (out / "layers" / "round-2" / "bake.json").is_file()
+    assert len(json.loads((out / "pursuit.json").read_text())["rounds"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "pursued"]

@@ -1,0 +1,47 @@
+"""Prompt Pursuit (Bhargava et al. 2024, §5): re-prompt the baked model and bake again,
+θ_{k+1} = argmin KL( P_θk(· | u) ‖ P_θk+1(·) ). Each round is a sequential bake of the same
+prompt on top of the stack so far, so the prompt's effect is amplified round after round."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .adapters import stack_adapters
+from .baking import BakeResult, _replace_dir, bake
+from .config import BakeConfig
+from .errors import ConfigError
+
+
+def pursue(model_dir, prompt: str, out_dir: str | os.PathLike, rounds: int = 2,
+           config: BakeConfig | None = None, progress: bool = True) -> list[BakeResult]:
+    """Run `rounds` rounds; `out_dir` gets the stack of all layers (one adapter, rank = Σ r),
+    `layers/round-K/` for each layer (with its own bake.json) and `pursuit.json`."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
+    config = config or BakeConfig()
+    out_dir = Path(out_dir)
+    work = out_dir.parent / f".{out_dir.name}.pursuit-{os.getpid()}"
+    results: list[BakeResult] = []
+    try:
+        layers: list[Path] = []
+        for k in range(1, rounds + 1):
+            parent = None
+            if layers:
+                parent = layers[0] if len(layers) == 1 else stack_adapters(layers, work / f"stack-{k}")
+            r = bake(model_dir, prompt, work / "final" / "layers" / f"round-{k}",
+                     config.replace(seed=config.seed + k - 1), progress=progress, parent=parent)
+            layers.append(r.adapter_dir)
+            results.append(r)
+        stack = stack_adapters(layers, work / "stack")
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copy(stack / name, work / "final" / name)
+        record = {"kind": "prompt-pursuit", "rounds": [
+            {k: r.metrics[k] for k in ("eval_kl_before", "eval_kl_after", "drift_kl", "prompt_sha256")}
+            for r in results]}
+        (work / "final" / "pursuit.json").write_text(json.dumps(record, indent=2))
+        _replace_dir(work / "final", out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
