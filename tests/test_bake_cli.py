@@ -77,3 +77,16 @@ def test_config_prints_the_resolved_config(run, home):
     data = json.loads(r.output)
     assert data["bake"]["epochs"] == 7 and data["bake"]["rank"] == 8
     assert data["home"] == str(home)
+
+
+def test_scale_and_stack_commands(run, tiny_model_dir, tmp_path, fast_config):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("You love the color green.")
+    a = tmp_path / "a"
+    assert run("bake", prompt, "-o", a, "--model", tiny_model_dir, "--config", fast_config, *FAST).exit_code == 0
+    r = run("scale", a, "-o", tmp_path / "half", "--strength", 0.5)
+    assert r.exit_code == 0 and "strength 0.5" in r.output
+    r = run("stack", a, tmp_path / "half", "-o", tmp_path / "both")
+    assert r.exit_code == 0 and "rank 4" in r.output, r.output
+    r = CliRunner().invoke(cli, ["stack", str(a), str(tmp_path), "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 1 and "not a PEFT adapter" in r.output

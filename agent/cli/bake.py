@@ -54,12 +54,14 @@ def read_prompt(path: str) -> str:
               help="Adapter directory to write (appears only when the bake completes).")
 @click.option("--contexts", "contexts_file", type=click.Path(dir_okay=False),
               help="Extra user requests to start trajectories from (lines or JSONL with 'prompt').")
+@click.option("--parent", type=click.Path(file_okay=False),
+              help="Bake on top of this adapter (sequential baking); the output is the new layer.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @model_option
 @config_options
 @home_option
 @domain_errors(BakeError)
-def bake_cmd(prompt_file, output, contexts_file, quiet, model, home, config_file, **overrides):
+def bake_cmd(prompt_file, output, contexts_file, parent, quiet, model, home, config_file, **overrides):
     """Bake the prompt in PROMPT_FILE into a LoRA adapter.
 
     Example usage:
@@ -67,6 +69,7 @@ def bake_cmd(prompt_file, output, contexts_file, quiet, model, home, config_file
     \b
         bakehouse bake persona.txt -o adapters/persona
         bakehouse bake news.txt -o adapters/news --epochs 6 --rank 32
+        bakehouse bake more-news.txt -o adapters/news-2 --parent adapters/news
     """
     from baker.contexts import read_user_contexts
 
@@ -74,13 +77,78 @@ def bake_cmd(prompt_file, output, contexts_file, quiet, model, home, config_file
     prompt = read_prompt(prompt_file)
     user = read_user_contexts(contexts_file) if contexts_file else None
     model_dir = resolve_model(model, home)
-    result = bake(model_dir, prompt, output, config, user_contexts=user, progress=not quiet)
+    result = bake(model_dir, prompt, output, config, user_contexts=user, progress=not quiet, parent=parent)
     m = result.metrics
     click.echo(
         f"baked {m['prompt_tokens']} prompt tokens into {result.adapter_dir} in {m['timings']['total']:.0f}s: "
         f"held-out KL {m['eval_kl_before']:.4f} -> {m['eval_kl_after']:.4f} nats/token, "
         f"drift {m['drift_kl']:.4f}"
     )
+
+
+@cli.command(name="pursue")
+@click.argument("prompt_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
+@click.option("--rounds", default=2, show_default=True, type=int, help="Bake rounds.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@model_option
+@config_options
+@home_option
+@domain_errors(BakeError)
+def pursue_cmd(prompt_file, output, rounds, quiet, model, home, config_file, **overrides):
+    """Prompt Pursuit: bake, re-prompt the baked model, bake again; the rounds are stacked.
+
+    Example usage:
+
+    \b
+        bakehouse pursue persona.txt -o adapters/persona-pursued --rounds 3
+    """
+    from baker.pursuit import pursue
+
+    config = build_config(config_file, **overrides)
+    results = pursue(resolve_model(model, home), read_prompt(prompt_file), output, rounds, config, not quiet)
+    for k, r in enumerate(results, 1):
+        click.echo(f"round {k}: held-out KL {r.eval_kl_before:.4f} -> {r.eval_kl_after:.4f}, drift {r.drift_kl:.4f}")
+    click.echo(f"stacked {len(results)} rounds into {output}")
+
+
+@cli.command(name="scale")
+@click.argument("adapter", type=click.Path(file_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
+@click.option("--strength", required=True, type=float, help="0 = the base, 1 = fully baked.")
+@home_option
+@domain_errors(BakeError)
+def scale_cmd(adapter, output, strength, home):
+    """Half-bake: an adapter with the prompt's effect scaled by STRENGTH.
+
+    Example usage:
+
+    \b
+        bakehouse scale adapters/persona -o adapters/persona-half --strength 0.5
+    """
+    from baker.adapters import scale_adapter
+
+    click.echo(f"wrote {scale_adapter(adapter, output, strength)} (strength {strength})")
+
+
+@cli.command(name="stack")
+@click.argument("adapters", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
+@home_option
+@domain_errors(BakeError)
+def stack_cmd(adapters, output, home):
+    """Stack baked layers into one adapter, exactly (ranks add up).
+
+    Example usage:
+
+    \b
+        bakehouse stack adapters/news adapters/news-2 -o adapters/news-all
+    """
+    from baker.adapters import stack_adapters
+
+    out = stack_adapters(list(adapters), output)
+    rank = json.loads((out / "adapter_config.json").read_text())["r"]
+    click.echo(f"stacked {len(adapters)} layers into {out} (rank {rank})")
 
 
 @cli.command(name="generate")
