@@ -99,7 +99,10 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     _check_writable(out_dir)
 
     # Load the base once: it is the teacher (with the prompt) and, with LoRA, the student.
-    model, tok = load_model(model_dir)
+    # In bf16 mode the frozen base is stored in bf16: autocast would otherwise re-cast every frozen
+    # fp32 weight on every forward (its cast cache only keeps trainable leaves). The LoRA weights
+    # stay fp32 (PEFT upcasts adapter weights), so the optimiser state is full precision.
+    model, tok = load_model(model_dir, dtype=getattr(torch, config.compute_dtype))
     if parent is not None:  # fold the earlier layers into the weights the new layer starts from
         from peft import PeftModel
 
