@@ -80,7 +80,7 @@ class VLLMSampler:
 
     def __init__(self, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096,
                  dtype: str = "bfloat16", kv_cache_gib: float = 2.0):
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # keep the CLI output readable
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the CLI's output readable
         from vllm import LLM
 
         kwargs = {}
