@@ -455,6 +455,15 @@ def read_status(home: Path) -> dict | None:
         return None
 
 
+def gateway_idle(home: Path, seconds: float) -> bool | None:
+    """Cross-process `is_idle`: from the running gateway's status file (at most ~0.5 s old).
+    None when no gateway is running (its status is missing or stale)."""
+    st = read_status(home)
+    if st is None or time.time() - st.get("updated", 0) > 5:
+        return None
+    return st["inflight"] == 0 and time.time() - st["last_request"] >= seconds
+
+
 def serve(cfg: ServeConfig, home: Path, log_level: str = "warning") -> None:
     """Run the gateway (and its vLLM) in the foreground until interrupted."""
     import uvicorn
