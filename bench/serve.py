@@ -76,6 +76,7 @@ def peft_baseline(model_dir: Path, adapters: list[Path], n: int, tokens: int) ->
             timings[threads] = time.perf_counter() - t
     threads = min(timings, key=timings.get)
     torch.set_num_threads(threads)
+    print(f"      warm-up 4 tokens: {', '.join(f'{k} thread(s) {v:.2f} s' for k, v in timings.items())}", flush=True)
     t0, made = time.perf_counter(), 0
     with torch.inference_mode():
         for i, group in groups.items():  # one adapter at a time, its requests batched
@@ -84,6 +85,7 @@ def peft_baseline(model_dir: Path, adapters: list[Path], n: int, tokens: int) ->
             out = model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id)
             made += (out.shape[1] - enc["input_ids"].shape[1]) * len(group)
+            print(f"      adapter t{i}: {len(group)} requests, {time.perf_counter() - t0:.1f} s so far", flush=True)
     wall = time.perf_counter() - t0
     del model, base
     return {"tokens": made, "seconds": round(wall, 2), "tokens_per_s": round(made / wall, 1), "torch_threads": threads}
@@ -174,6 +176,7 @@ def main():
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--max-lora-rank", type=int, default=None, help="engine max rank (default: ServeConfig's)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve.json"))
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 32)
@@ -208,7 +211,8 @@ def main():
     store, reg = TenantStore(home), Registry(home)
     keys = {f"t{i}": store.add(f"t{i}")[1] for i in range(8)}
     keys["plain"] = store.add("plain")[1]
-    cfg = ServeConfig(model_dir=model_dir, port=free_port(), startup_timeout=600)
+    extra = {"max_lora_rank": args.max_lora_rank} if args.max_lora_rank else {}
+    cfg = ServeConfig(model_dir=model_dir, port=free_port(), startup_timeout=600, **extra)
     res["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("extra_engine_args",)}
     for i in range(8):
         reg.publish(f"t{i}", srcs[i], model_dir, cfg.max_lora_rank)

@@ -69,7 +69,6 @@ class Gateway:
         self.client: httpx.AsyncClient | None = None
         self._transport = transport
         self._key_index: dict = {}
-        self._tenant_names: set[str] = set()
         self._desired: dict[str, Version | None] = {}  # the registry's pointers, last read
         self.routes: dict[str, str] = {}  # tenant -> vLLM name routed now (absent: base)
         self.loaded: set[str] = set()  # adapter names loaded in the current engine epoch
@@ -154,7 +153,7 @@ class Gateway:
         if force or t_stamp != self._stamps[0]:
             try:
                 tenants = self.tenants.load()
-                self._key_index, self._tenant_names = key_index(tenants), set(tenants)
+                self._key_index = key_index(tenants)
             except TenantError as e:
                 log.error("keeping the previous tenants: %s", e)
         if force or r_stamp != self._stamps[1]:
