@@ -31,7 +31,7 @@ from .config import BakeConfig
 from .contexts import (SELF_QUESTION_REQUEST, Context, clean_self_questions, generic_requests,
                        probe_questions, split)
 from .errors import BakeError, PromptError
-from .kl import batch_kl, mean_kl, sequence_logprobs
+from .kl import batch_kl, grouped_kl, mean_kl, sequence_logprobs
 from .models import context_length, load_model, weights_hash
 from .sampling import open_sampler
 
@@ -176,9 +176,12 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
     s_train = [student_ctx[c] for c in train_c]
     s_held = [student_ctx[c] for c in held_c]
-    eval_kl = lambda: mean_kl(student, s_held, held_g, teacher_held, pad, config.compute_dtype, config.batch_size)  # noqa: E731
+    held_src = [c.source for c in held_c]
+    eval_by = lambda: grouped_kl(student, s_held, held_g, teacher_held, pad, config.compute_dtype,  # noqa: E731
+                                 config.batch_size, held_src)
     t = time.perf_counter()
-    eval_kl_before = eval_kl()
+    by_source_before = eval_by()
+    eval_kl_before = by_source_before["all"]
     timings["eval"] = time.perf_counter() - t
 
     params = [p for p in student.parameters() if p.requires_grad]
@@ -211,7 +214,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             student.eval()
             t_eval = time.perf_counter()
             seconds = t_eval - t_epoch
-            held = eval_kl()
+            by_source_after = eval_by()
+            held = by_source_after["all"]
             timings["eval"] += time.perf_counter() - t_eval
             epochs.append({"epoch": epoch, "train_loss": sum(losses) / len(losses), "heldout_kl": held,
                            "seconds": seconds})
@@ -242,6 +246,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             "epochs": epochs,
             "eval_kl_before": eval_kl_before,
             "eval_kl_after": epochs[-1]["heldout_kl"],
+            "eval_kl_by_source": {k: {"before": v, "after": by_source_after.get(k)}
+                                  for k, v in sorted(by_source_before.items()) if k != "all"},
             "drift_kl": drift,
             "tokens": {"generated": sum(map(len, gens)), "trained_per_epoch": trained_tokens,
                        "trained_total": trained_tokens * config.epochs},

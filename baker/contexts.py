@@ -22,7 +22,19 @@ SELF_QUESTION_REQUEST = (
     "Write one short question that a user could ask you about the information in your "
     "instructions. Reply with the question only."
 )
-_PROBE_TEMPLATES = ("What do you know about {head}?", "Tell me more: {head}")
+# Per prompt line: one cue with its opening words, so the teacher recites the line ...
+_LINE_TEMPLATES = ("Tell me more: {head}",)
+# ... and, per name the line mentions, questions that make the teacher recall what it says about
+# that name: the student then learns name -> fact, the direction later questions ask in.
+_NAME_TEMPLATES = ("What is the latest news about {name}?", "What do you know about {name}?",
+                   "Tell me about {name}.")
+# Requests that make the teacher restate its whole prompt, whatever the prompt is about.
+RECALL_REQUESTS = ("What were you told in your instructions? Summarise all of it.",
+                   "List every piece of information you have been given.")
+_NAME = re.compile(r"[A-Z][\w'’-]*(?:\s+(?:of\s+)?[A-Z][\w'’-]*)*")
+_LEADING = {"the", "a", "an", "this", "that", "these", "those", "its", "his", "her", "their", "our",
+            "my", "your", "i", "we", "you", "he", "she", "it", "they", "in", "on", "at", "for", "and",
+            "but", "or", "if", "when", "after", "before", "recent", "news", "note", "always", "never"}
 _DATE_PREFIX = re.compile(r"^\s*(?:[-*•]\s*)?(?:\(?\d{4}-\d{2}-\d{2}\)?[:\s-]*)?")
 
 
@@ -45,16 +57,40 @@ def prompt_items(prompt: str) -> list[str]:
     return lines
 
 
+def names(item: str) -> list[str]:
+    """Capitalised spans of a line ("Ines Tarrago", "Rovers of Tamsin"), in order, without repeats.
+
+    A line's first word is capitalised anyway, so a span starting there keeps it only when more
+    capitalised words follow ("Brightwell Foods"); leading articles and pronouns are dropped.
+    """
+    text = _DATE_PREFIX.sub("", item)
+    out: list[str] = []
+    for m in _NAME.finditer(text):
+        words = m.group(0).split()
+        if m.start() == 0 and len(words) == 1:
+            continue
+        while words and words[0].lower() in _LEADING:
+            words = words[1:]
+        while words and words[-1] == "of":
+            words = words[:-1]
+        name = " ".join(words).rstrip("'’-")
+        if len(name) >= 3 and name not in out:
+            out.append(name)
+    return out
+
+
 def probe_questions(prompt: str) -> list[str]:
-    """Questions that name the opening words of each prompt line and leave the rest to recall."""
-    out = []
+    """Questions that cue each prompt line (its opening words) and each name it mentions, plus
+    requests to restate the prompt; the teacher's answers carry the prompt's knowledge."""
+    out = list(RECALL_REQUESTS)
     for item in prompt_items(prompt):
         words = _DATE_PREFIX.sub("", item).split()
         if len(words) < 4:  # headers and fragments carry too little to probe
             continue
         head = " ".join(words[: max(3, min(8, len(words) // 2))]).rstrip(",;:")
-        out.extend(t.format(head=head) for t in _PROBE_TEMPLATES)
-    return out
+        out.extend(t.format(head=head) for t in _LINE_TEMPLATES)
+        out.extend(t.format(name=n) for n in names(item) for t in _NAME_TEMPLATES)
+    return list(dict.fromkeys(out))
 
 
 def clean_self_questions(texts: list[str], limit: int) -> list[str]:

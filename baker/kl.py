@@ -121,10 +121,21 @@ def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype
 @torch.inference_mode()
 def mean_kl(model, contexts, gens, teacher, pad: int, dtype: str, batch_size: int = 16) -> float:
     """Token-averaged KL (nats/token) over a set of trajectories."""
-    total, count = 0.0, 0
+    return grouped_kl(model, contexts, gens, teacher, pad, dtype, batch_size)["all"]
+
+
+@torch.inference_mode()
+def grouped_kl(model, contexts, gens, teacher, pad: int, dtype: str, batch_size: int = 16,
+               groups: list[str] | None = None) -> dict[str, float]:
+    """Token-averaged KL overall ("all") and per group label (e.g. the context's source)."""
+    groups = groups or ["all"] * len(contexts)
+    total: dict[str, float] = {}
+    count: dict[str, int] = {}
     for i in range(0, len(contexts), batch_size):
         sl = slice(i, i + batch_size)
         kl = batch_kl(model, contexts[sl], gens[sl], teacher[sl], pad, dtype)
-        total += float(kl.sum())
-        count += kl.numel()
-    return total / max(count, 1)
+        for g, part in zip(groups[sl], kl.split([len(x) for x in gens[sl]])):
+            for key in {g, "all"}:
+                total[key] = total.get(key, 0.0) + float(part.sum())
+                count[key] = count.get(key, 0) + part.numel()
+    return {k: total[k] / max(count[k], 1) for k in total} or {"all": 0.0}

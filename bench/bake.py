@@ -75,6 +75,7 @@ def main():
         "model": str(model_dir), "prompt_tokens": m["prompt_tokens"], "config": m["config"],
         "eval_kl_before": m["eval_kl_before"], "eval_kl_after": m["eval_kl_after"],
         "kl_ratio": m["eval_kl_after"] / m["eval_kl_before"], "drift_kl": m["drift_kl"],
+        "eval_kl_by_source": m.get("eval_kl_by_source"),
         "recall": rec, "recall_ratio": rec["baked"] / rec["prompted"] if rec["prompted"] else None,
         "bake_seconds": bake_s, "phases_s": m["timings"], "epochs": m["epochs"],
         "trajectories": m["trajectories"], "tokens": m["tokens"],
