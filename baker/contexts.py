@@ -24,12 +24,11 @@ SELF_QUESTION_REQUEST = (
 )
 # Per prompt line: one cue with its opening words, so the teacher recites the line ...
 _LINE_TEMPLATES = ("Tell me more: {head}",)
-# ... per name the line mentions, a question that makes the teacher recall what it says about it ...
-_NAME_TEMPLATES = ("What is the latest news about {name}?",)
-# ... and per name or number, the line with that span blanked out, as a cloze and as a question:
-# small teachers answer these far more faithfully than open questions (on SmolLM2-135M about half
-# name the missing span, against a quarter for open ones), and each one ties the rest of the line
-# to the span in the direction users ask ("who is the harbor commissioner of Velmora?").
+# ... and per name or number, the line with that span blanked out, as a cloze and as a question.
+# Small teachers answer these far more faithfully than open ones: on SmolLM2-135M about half name
+# the missing span, while "What is the latest news about Velmora?" mostly gets inventions, which
+# cost training time and teach nothing. Each cloze ties the rest of the line to the span, in the
+# direction users ask ("Who is the harbor commissioner of Velmora?").
 _CLOZE_TEMPLATES = ("Fill in the blank: {blank}", "{what}?")
 _NUMBER = re.compile(r"(?<![\w.])\d[\d.,]*\d(?![\w])|(?<![\w.])\d(?![\w])")
 # Requests that make the teacher restate its whole prompt, whatever the prompt is about.
@@ -94,7 +93,6 @@ def probe_questions(prompt: str) -> list[str]:
         head = " ".join(words[: max(3, min(8, len(words) // 2))]).rstrip(",;:")
         out.extend(t.format(head=head) for t in _LINE_TEMPLATES)
         found = names(item)
-        out.extend(t.format(name=n) for n in found for t in _NAME_TEMPLATES)
         line = _DATE_PREFIX.sub("", item).strip()
         for span in found + _NUMBER.findall(line):
             if span not in line:  # a name whose leading words were dropped still matches

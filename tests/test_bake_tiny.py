@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import baker.baking as bake_mod
+from baker.contexts import probe_questions
 from baker import BAKE_FILE, BakeConfig, BakeError, PromptError, bake
 
 PROMPT = "You are Captain Brine, a pirate.\nAlways mention the sea.\nEnd every answer with 'Arr'."
 FAST = BakeConfig(epochs=2, generic_contexts=10, self_questions=2, max_new_tokens=8, batch_size=4,
-                  sampler="hf", lr=5e-3, rank=4, compute_dtype="float32", teacher_cache_dtype="float32")
+                  temperature=1.0, sampler="hf", lr=5e-3, rank=4, compute_dtype="float32", teacher_cache_dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,9 @@ def test_output_is_a_peft_adapter_with_its_record(baked, tiny_model_dir):
     assert [e["epoch"] for e in m["epochs"]] == [1, 2]
     for key in ("eval_kl_before", "eval_kl_after", "drift_kl", "timings", "tokens"):
         assert key in m
-    assert m["contexts"]["generic"] == 10 and m["contexts"]["probe"] == 6  # 3 lines x 2 templates
+    assert m["contexts"]["generic"] == 10 and m["contexts"]["probe"] == len(probe_questions(PROMPT))
+    assert set(m["eval_kl_by_source"]) <= {"generic", "probe", "self", "user"}
+    assert all(v["after"] >= 0 for v in m["eval_kl_by_source"].values())
     # one checkpoint per epoch: the half-baked models
     for e in (1, 2):
         assert (out / "checkpoints" / f"epoch-{e}" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,52 @@
+"""Contexts the trajectories start from: names, cloze probes, user files, the split."""
+import pytest
+
+from baker.contexts import (RECALL_REQUESTS, Context, generic_requests, names, probe_questions,
+                            read_user_contexts, split)
+from baker.errors import BakeError
+
+HEADLINE = "2026-11-02: Port authority of Velmora names Ines Tarrago as its first harbor commissioner."
+
+
+def test_names_skip_the_capitalised_first_word_and_leading_articles():
+    assert names(HEADLINE) == ["Velmora", "Ines Tarrago"]
+    assert names("The Quillon Institute unveils the Kelpcell.") == ["Quillon Institute", "Kelpcell"]
+    assert names("Football club Rovers of Tamsin sign Kofi Mensah-Lund.") == ["Rovers of Tamsin", "Kofi Mensah-Lund"]
+    assert names("always answer briefly.") == []
+
+
+def test_probes_blank_each_name_and_number_and_keep_the_rest_of_the_line():
+    qs = probe_questions("Recent news:\n" + HEADLINE + "\nRail strike in Dunmarrow ends after 19 days.")
+    assert qs[: len(RECALL_REQUESTS)] == list(RECALL_REQUESTS)
+    assert "Fill in the blank: Port authority of Velmora names ___ as its first harbor commissioner." in qs
+    assert "Port authority of what names Ines Tarrago as its first harbor commissioner?" in qs
+    assert "Fill in the blank: Rail strike in Dunmarrow ends after ___ days." in qs
+    assert not any("2026-11-02" in q for q in qs)  # the date prefix is not probed
+    assert not any(q.startswith("Tell me more: Recent news") for q in qs)  # a 2-word header is not a line to probe
+    assert len(qs) == len(set(qs))
+
+
+def test_probes_of_a_single_paragraph_use_its_sentences():
+    qs = probe_questions("Ada is the ship's cook. The ship is called the Marigold and sails at dawn.")
+    assert any("___" in q and "Marigold" not in q and "sails at dawn" in q for q in qs)
+
+
+def test_generic_set_is_large_and_distinct():
+    g = generic_requests()
+    assert len(g) >= 200 and len(set(g)) == len(g)
+
+
+def test_user_contexts_plain_and_jsonl(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text('How are you?\n\n{"prompt": "Name a fish."}\n')
+    assert read_user_contexts(f) == ["How are you?", "Name a fish."]
+    f.write_text("{not json\n")
+    with pytest.raises(BakeError, match="c.txt:1"):
+        read_user_contexts(f)
+
+
+def test_split_holds_out_every_source():
+    ctx = [Context(f"g{i}", "generic") for i in range(20)] + [Context(f"p{i}", "probe") for i in range(10)]
+    train, held = split(ctx, 0.2, seed=0)
+    assert {c.source for c in held} == {"generic", "probe"}
+    assert not set(train) & set(held) and len(train) + len(held) == len(ctx)
