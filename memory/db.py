@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -29,10 +30,28 @@ def connect(path: str | Path, busy_timeout: float = BUSY_TIMEOUT_S) -> Database:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")  # safe in WAL mode; a crash loses no commit
         db = Database(conn)
-        db.enable_wal()
+        _enable_wal(db, busy_timeout)
     except (sqlite3.Error, OSError) as e:
         raise StoreUnavailable(f"cannot open the memory DB {path}: {e}") from e
     return db
+
+
+def _enable_wal(db: Database, busy_timeout: float) -> None:
+    """Switch the file to WAL (persistent, so once per file). The switch needs an exclusive lock
+    and SQLite reports a race for it as "database is locked" at once, ignoring the busy timeout:
+    two processes opening a new DB together hit that, so retry until the timeout."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            if db.journal_mode != "wal":
+                db.enable_wal()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 @contextlib.contextmanager
