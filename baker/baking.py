@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (SELF_QUESTION_REQUEST, Context, clean_self_questions, generic_requests,
-                       probe_questions, split)
+from .contexts import (Context, clean_self_questions, generic_requests, probe_questions,
+                       prompt_items, question_request, split)
 from .errors import BakeError, PromptError
 from .kl import batch_kl, grouped_kl, mean_kl, sequence_logprobs
 from .models import context_length, load_model, weights_hash
@@ -121,19 +121,22 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     if config.probe_questions:
         contexts += [Context(c, "probe") for c in probe_questions(prompt)]
     contexts += [Context(c, "user") for c in user_contexts or []]
-    n_prompt = check_prompt(prompt, tok, max_len, config, [c.text for c in contexts] + [SELF_QUESTION_REQUEST])
+    n_prompt = check_prompt(prompt, tok, max_len, config, [c.text for c in contexts])
     need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64
     bar = _Bar(progress)
 
     sampler = open_sampler(config.sampler, model_dir, parent, seed=config.seed, max_model_len=min(max_len, max(need_len, 512)))
     try:
-        if config.self_questions:
+        items = [i for i in prompt_items(prompt) if len(i.split()) >= 4]
+        if config.self_questions and items:  # per prompt line, questions the model writes about it
             bar.phase("questions")
-            req = chat_ids(tok, SELF_QUESTION_REQUEST, prompt)
-            texts = sampler.generate([req], max_new_tokens=40, temperature=1.0, n=3 * config.self_questions)
-            questions = clean_self_questions([tok.decode(g, skip_special_tokens=True) for g in texts],
-                                             config.self_questions)
-            contexts += [Context(q, "self") for q in questions]
+            reqs = [tok(question_request(i), add_special_tokens=False)["input_ids"] for i in items]
+            texts = sampler.generate(reqs, max_new_tokens=32, temperature=0.8, n=config.self_questions)
+            n = config.self_questions
+            for j, item in enumerate(items):
+                decoded = [tok.decode(g, skip_special_tokens=True) for g in texts[j * n:(j + 1) * n]]
+                contexts += [Context(q, "self") for q in clean_self_questions(decoded, item)]
+            contexts = list({c.text: c for c in contexts}.values())  # a question may repeat a probe
         train_ctx, held_ctx = split(contexts, config.heldout_fraction, config.seed)
         timings["contexts"] = time.perf_counter() - t
 

@@ -2,9 +2,9 @@
 
 Three sources, so that both style and knowledge are probed:
 1. a shipped generic set of diverse user requests (`data/generic_requests.txt`);
-2. questions derived from each line of the prompt ("What do you know about <its opening words>?"),
-   which make the teacher recall the line's content;
-3. questions the prompted model writes about its own prompt (see `self_question_request`);
+2. probes derived from each line of the prompt (its opening words; the line as a question with a
+   name or number replaced by "what"), which make the teacher recall the line's content;
+3. questions the model writes about each line of the prompt (see `question_request`);
 plus an optional user file (one request per line, or JSONL with a "prompt" field).
 """
 from __future__ import annotations
@@ -18,18 +18,34 @@ from pathlib import Path
 
 from .errors import BakeError
 
-SELF_QUESTION_REQUEST = (
-    "Write one short question that a user could ask you about the information in your "
-    "instructions. Reply with the question only."
+# Questions about each prompt line, written by the model itself from a few-shot completion (small
+# instruct models asked in chat to "write a question about your instructions" mostly ramble; shown
+# three worked examples they write a usable question about half the time). The examples are ours
+# and fictional; questions that borrow their names are dropped.
+QUESTION_SHOTS = (
+    ("The city of Brenford opens a new public library called the Oakhouse.",
+     "What is the name of the new library in Brenford?"),
+    ("Singer Tom Alvarez wins the Golden Reed award for his album Night Rivers.",
+     "Which album won Tom Alvarez the Golden Reed award?"),
+    ("The Harlow Steelworks closes after 80 years, leaving 1,200 workers without jobs.",
+     "How many workers lost their jobs when the Harlow Steelworks closed?"),
 )
+_SHOT_WORDS = {"brenford", "oakhouse", "alvarez", "golden reed", "night rivers", "harlow", "steelworks"}
+
+
+def question_request(item: str) -> str:
+    """A plain-text few-shot prompt whose continuation is a question about `item`."""
+    shots = "".join(f"Sentence: {s}\nQuestion: {q}\n\n" for s, q in QUESTION_SHOTS)
+    return f"{shots}Sentence: {_DATE_PREFIX.sub('', item).strip()}\nQuestion:"
+
+
 # Per prompt line: one cue with its opening words, so the teacher recites the line ...
 _LINE_TEMPLATES = ("Tell me more: {head}",)
-# ... and per name or number, the line with that span blanked out, as a cloze and as a question.
-# Small teachers answer these far more faithfully than open ones: on SmolLM2-135M about half name
-# the missing span, while "What is the latest news about Velmora?" mostly gets inventions, which
-# cost training time and teach nothing. Each cloze ties the rest of the line to the span, in the
-# direction users ask ("Who is the harbor commissioner of Velmora?").
-_CLOZE_TEMPLATES = ("Fill in the blank: {blank}", "{what}?")
+# ... and per name or number, the line as a question with that span replaced by "what". Small
+# teachers answer these far more faithfully than open ones: on SmolLM2-135M about half name the
+# missing span (as often as a fill-in-the-blank form), while "What is the latest news about
+# Velmora?" mostly gets inventions, which cost training time and teach nothing.
+_CLOZE_TEMPLATES = ("{what}?",)
 _NUMBER = re.compile(r"(?<![\w.])\d[\d.,]*\d(?![\w])|(?<![\w.])\d(?![\w])")
 # Requests that make the teacher restate its whole prompt, whatever the prompt is about.
 RECALL_REQUESTS = ("What were you told in your instructions? Summarise all of it.",
@@ -97,24 +113,29 @@ def probe_questions(prompt: str) -> list[str]:
         for span in found + _NUMBER.findall(line):
             if span not in line:  # a name whose leading words were dropped still matches
                 continue
-            blank = line.replace(span, "___", 1)
             what = line.rstrip(".!?;: ").replace(span, "what", 1)
-            out.extend(t.format(blank=blank, what=what) for t in _CLOZE_TEMPLATES)
+            out.extend(t.format(what=what) for t in _CLOZE_TEMPLATES)
     return list(dict.fromkeys(out))
 
 
-def clean_self_questions(texts: list[str], limit: int) -> list[str]:
-    """Keep the first question of each generated text; drop empty, overlong and duplicate ones."""
+def clean_self_questions(texts: list[str], item: str = "", limit: int | None = None) -> list[str]:
+    """Keep the first question of each generated text; drop empty, overlong and duplicate ones,
+    ones that borrow the few-shot examples' names and, given the line `item`, ones that share no
+    word of four letters or more with it."""
+    words = {w for w in re.findall(r"\w{4,}", item.lower())}
     seen, out = set(), []
     for text in texts:
         first = text.strip().split("\n")[0].strip().strip('"')
         if "?" in first:
             first = first[: first.index("?") + 1]
         key = first.lower()
-        if 8 <= len(first) <= 200 and first.endswith("?") and key not in seen:
-            seen.add(key)
-            out.append(first)
-        if len(out) >= limit:
+        if not (8 <= len(first) <= 200 and first.endswith("?")) or key in seen:
+            continue
+        if any(w in key for w in _SHOT_WORDS) or (words and not words & set(re.findall(r"\w{4,}", key))):
+            continue
+        seen.add(key)
+        out.append(first)
+        if limit is not None and len(out) >= limit:
             break
     return out
 

@@ -34,6 +34,13 @@ def recall(rows: list[dict], answers: list[dict], key: str) -> float:
     return hits / len(qs)
 
 
+def recall_without(rows: list[dict], answers: list[dict], key: str, skip: list[str]) -> float | None:
+    kept = [(r, a) for r in rows for a in answers if a["id"].split(".")[0] == r["id"] and a["id"] not in skip]
+    hits = sum(any(x.lower() in a[key].lower() for x in r["questions"][int(a["id"].split(".")[1])]["answer"])
+               for r, a in kept)
+    return hits / len(kept) if kept else None
+
+
 def peak_rss_mib() -> dict:
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -70,6 +77,11 @@ def main():
     runs = {"base": (None, False), "prompted": (prompt, False), "baked": (None, True)}
     answers = compare_answers(model_dir, questions, runs, adapter_dir=out_dir, max_new_tokens=30)
     rec = {k: recall(rows, answers, k) for k in runs}
+    # Leakage check: the bake never sees the bench's questions, but the questions the model writes
+    # about each headline can coincide with them; count the verbatim (case-insensitive) repeats.
+    seen = {json.loads(line)["context"].strip().lower()
+            for line in (out_dir / "trajectories.jsonl").read_text().splitlines()}
+    leaked = sorted(q["id"] for q in questions if q["prompt"].strip().lower() in seen)
 
     report = {
         "model": str(model_dir), "prompt_tokens": m["prompt_tokens"], "config": m["config"],
@@ -77,6 +89,8 @@ def main():
         "kl_ratio": m["eval_kl_after"] / m["eval_kl_before"], "drift_kl": m["drift_kl"],
         "eval_kl_by_source": m.get("eval_kl_by_source"),
         "recall": rec, "recall_ratio": rec["baked"] / rec["prompted"] if rec["prompted"] else None,
+        "bench_questions_among_contexts": leaked,
+        "recall_baked_without_those": recall_without(rows, answers, "baked", leaked),
         "bake_seconds": bake_s, "phases_s": m["timings"], "epochs": m["epochs"],
         "trajectories": m["trajectories"], "tokens": m["tokens"],
         "trained_tokens_per_second": m["trained_tokens_per_second"], "peak_rss_mib": rss,

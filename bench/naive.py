@@ -1,5 +1,6 @@
 """The naive reference bake loop, written the way research code usually is: trajectories sampled
-one at a time with transformers `generate`, batch size 1, float32, and the teacher's logits
+one at a time with transformers `generate`, one sample per forward/backward (gradients accumulated
+to the bake's batch size, same lr), float32, and the teacher's logits
 recomputed (full prompt, full vocabulary, every position) for every step of every epoch.
 Same objective, contexts, LoRA config and held-out evaluation as `baker.bake`; used only by
 bench/bake.py as the baseline."""
@@ -47,7 +48,7 @@ def naive_bake(model_dir, prompt: str, train_contexts: list[str], heldout: dict,
     for epoch in range(1, max_epochs + 1):
         t = time.perf_counter()
         student.train()
-        for ctx, gen in trajs:
+        for i, (ctx, gen) in enumerate(trajs, 1):
             if not gen:
                 continue
             t_ids = chat_ids(tok, ctx, prompt) + gen
@@ -58,9 +59,10 @@ def naive_bake(model_dir, prompt: str, train_contexts: list[str], heldout: dict,
             s_logits = student(input_ids=torch.tensor([s_ids])).logits[0, -n - 1 : -1]
             loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1),
                             log_target=True, reduction="batchmean")
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
+            (loss / config.batch_size).backward()  # one sample at a time, same effective batch
+            if i % config.batch_size == 0 or i == len(trajs):
+                opt.step()
+                opt.zero_grad()
         clock += time.perf_counter() - t
         student.eval()
         kl = mean_kl(student, heldout["contexts"], heldout["gens"], heldout["teacher"], tok.pad_token_id, "float32")

@@ -1,7 +1,8 @@
 """Contexts the trajectories start from: names, cloze probes, user files, the split."""
 import pytest
 
-from baker.contexts import (RECALL_REQUESTS, Context, generic_requests, names, probe_questions,
+from baker.contexts import (QUESTION_SHOTS, RECALL_REQUESTS, Context, clean_self_questions,
+                            generic_requests, names, probe_questions, question_request,
                             read_user_contexts, split)
 from baker.errors import BakeError
 
@@ -18,9 +19,9 @@ def test_names_skip_the_capitalised_first_word_and_leading_articles():
 def test_probes_blank_each_name_and_number_and_keep_the_rest_of_the_line():
     qs = probe_questions("Recent news:\n" + HEADLINE + "\nRail strike in Dunmarrow ends after 19 days.")
     assert qs[: len(RECALL_REQUESTS)] == list(RECALL_REQUESTS)
-    assert "Fill in the blank: Port authority of Velmora names ___ as its first harbor commissioner." in qs
+    assert "Port authority of Velmora names what as its first harbor commissioner?" in qs
     assert "Port authority of what names Ines Tarrago as its first harbor commissioner?" in qs
-    assert "Fill in the blank: Rail strike in Dunmarrow ends after ___ days." in qs
+    assert "Rail strike in Dunmarrow ends after what days?" in qs
     assert not any("2026-11-02" in q for q in qs)  # the date prefix is not probed
     assert not any(q.startswith("Tell me more: Recent news") for q in qs)  # a 2-word header is not a line to probe
     assert len(qs) == len(set(qs))
@@ -28,7 +29,7 @@ def test_probes_blank_each_name_and_number_and_keep_the_rest_of_the_line():
 
 def test_probes_of_a_single_paragraph_use_its_sentences():
     qs = probe_questions("Ada is the ship's cook. The ship is called the Marigold and sails at dawn.")
-    assert any("___" in q and "Marigold" not in q and "sails at dawn" in q for q in qs)
+    assert "The ship is called the what and sails at dawn?" in qs
 
 
 def test_generic_set_is_large_and_distinct():
@@ -50,3 +51,18 @@ def test_split_holds_out_every_source():
     train, held = split(ctx, 0.2, seed=0)
     assert {c.source for c in held} == {"generic", "probe"}
     assert not set(train) & set(held) and len(train) + len(held) == len(ctx)
+
+
+def test_question_request_ends_with_the_line_after_the_worked_examples():
+    req = question_request(HEADLINE)
+    assert req.endswith("Sentence: Port authority of Velmora names Ines Tarrago as its first harbor "
+                        "commissioner.\nQuestion:")
+    assert all(q in req for _, q in QUESTION_SHOTS)
+
+
+def test_generated_questions_are_cleaned():
+    texts = [" Who is the harbor commissioner of Velmora?\nSentence: more", "Who is Ines Tarrago? And",
+             "who is ines tarrago?", "Which album won Tom Alvarez the Golden Reed award?",
+             "What is the capital of France?", "no question here", "?"]
+    assert clean_self_questions(texts, HEADLINE) == ["Who is the harbor commissioner of Velmora?",
+                                                     "Who is Ines Tarrago?"]
