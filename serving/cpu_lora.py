@@ -1,0 +1,172 @@
+"""Grouped multi-LoRA ops for vLLM's CPU backend, and the server entry point that installs them.
+
+vLLM's CPU punica ops (`vllm.lora.ops.torch_ops`) gather one full LoRA matrix *per token*
+(`weights[indices]`, a tokens x out x rank copy) before an einsum. On a batch that holds a few
+adapters that copy dominates the step: measured by `bench/serve.py` it made LoRA serving ~3x
+slower than the base model. A batch holds at most `max_loras` distinct adapters, so here each
+adapter's rows are gathered once and multiplied by its matrix once: the same numbers (checked
+against vLLM's ops in tests/test_cpu_lora.py), without the per-token copies. Tokens with no
+adapter (index < 0) get no LoRA term, which is what they should get.
+
+GPU builds use Triton kernels and are left alone: `install()` patches only the CPU ops.
+
+    python -m serving.cpu_lora --model M --enable-lora ...   # = vllm's api_server, patched
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+BMM_MAX_ROWS = 128  # up to this many rows (decode batches) the adapters share one padded bmm
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How the rows of a batch group by adapter slot; built once per distinct index vector (the
+    same vector serves every LoRA layer of an engine step, ~400 calls here)."""
+    slots: list[int]  # adapter slots used, ascending (no negatives)
+    lo: int  # slots[0]: the bmm runs over the slots lo..lo+k-1 of the stack (a view, no copy)
+    k: int
+    m: int  # rows per slot in the padded batch (the largest group)
+    gather: torch.Tensor  # [k*m] row of the input for each padded position; T = a zero row
+    back: torch.Tensor  # [T] position of each row in the flattened [k*m] result
+    none: torch.Tensor | None  # rows with no adapter (index < 0), if any
+    groups: list[torch.Tensor]  # per used slot, its rows (for batches above BMM_MAX_ROWS)
+
+
+_PLANS: dict[bytes, _Plan] = {}
+
+
+def _plan(indices: torch.Tensor) -> _Plan:
+    key = indices.numpy().tobytes()  # keyed by value: never stale
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        plan = _PLANS[key] = _make_plan(indices.tolist())
+    return plan
+
+
+def _make_plan(vals: list[int]) -> _Plan:
+    rows = len(vals)
+    slots = sorted({v for v in vals if v >= 0})
+    by_slot = {s: [t for t, v in enumerate(vals) if v == s] for s in slots}
+    none = [t for t, v in enumerate(vals) if v < 0]
+    lo = slots[0] if slots else 0
+    k = slots[-1] - lo + 1 if slots else 0
+    m = max((len(g) for g in by_slot.values()), default=0)
+    gather, back = [rows] * (k * m), [0] * rows
+    for s, g in by_slot.items():
+        for j, t in enumerate(g):
+            gather[(s - lo) * m + j] = t
+            back[t] = (s - lo) * m + j
+    return _Plan(slots, lo, k, m, torch.tensor(gather), torch.tensor(back),
+                 torch.tensor(none) if none else None, [torch.tensor(by_slot[s]) for s in slots])
+
+
+def lora_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+    """out[t] = inputs[t] @ weights[indices[t]].T, grouped by adapter; 0 where indices[t] < 0.
+
+    inputs [T, i]; weights [slots, o, i] or [slots, 1, o, i]; indices [T] -> [T, o] in `dtype`.
+    One adapter in the batch: one matmul. Several, few rows (decode): the rows padded into one
+    [k, m, i] batch and one bmm against the slots' weights (a view of the stack). Several, many
+    rows (prefill): a matmul per adapter on its rows.
+    """
+    if weights.dim() == 4:
+        weights = weights.squeeze(1)
+    rows = inputs.shape[0]
+    if indices.numel() == 1 and rows != 1:
+        indices = indices.expand(rows)
+    if indices.numel() != rows:
+        raise ValueError(f"{rows} input rows but {indices.numel()} LoRA indices")
+    # Compute in the weights' dtype (bf16 on CPU): converting the small inputs, never the whole
+    # stack of every slot's weights as vLLM's op does on each call (bf16 GEMMs accumulate in fp32).
+    x = inputs.to(weights.dtype)
+    plan = _plan(indices.contiguous())
+    if not plan.slots:
+        out = x.new_zeros(rows, weights.shape[1])
+    elif len(plan.slots) == 1 and plan.none is None:  # the usual batch: one adapter, one matmul
+        out = x @ weights[plan.lo].T
+    elif rows <= BMM_MAX_ROWS:
+        padded = torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, plan.gather)
+        w = weights[plan.lo: plan.lo + plan.k]
+        res = torch.bmm(padded.view(plan.k, plan.m, -1), w.transpose(1, 2))
+        out = res.view(plan.k * plan.m, -1).index_select(0, plan.back)
+    else:
+        out = x.new_zeros(rows, weights.shape[1])
+        for s, sel in zip(plan.slots, plan.groups):
+            out.index_copy_(0, sel, x.index_select(0, sel) @ weights[s].T)
+    if plan.none is not None and plan.slots:
+        out[plan.none] = 0
+    return out.to(dtype)
+
+
+def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
+    outputs = lora_matmul(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
+    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+
+
+def bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs: bool = True):
+    outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    limit = output_tensor.shape[0]
+    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
+        limit = 1
+    common = min(outputs.shape[1], output_tensor.shape[1])  # adapter and model may pad differently
+    if add_inputs:
+        output_tensor[:, :common] += outputs[:limit, :common]
+    else:
+        output_tensor[:, :common] = outputs[:limit, :common]
+
+
+def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset: int,
+                      slice_size: int, add_inputs: bool = True):
+    outputs = lora_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    if add_inputs:
+        output_tensor[:, slice_offset: slice_offset + slice_size] += outputs
+    else:
+        output_tensor[:, slice_offset: slice_offset + slice_size] = outputs
+
+
+_OPS = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
+
+
+def install() -> bool:
+    """Swap the grouped ops into vLLM's CPU LoRA path (its sgmv_* prefill ops call these too).
+    Returns False, changing nothing, when this vLLM has no such path."""
+    try:
+        from vllm.lora.ops.torch_ops import lora_ops
+        from vllm.lora.punica_wrapper import punica_cpu
+        import vllm.lora.ops.torch_ops as torch_ops
+    except ImportError as e:
+        log.info("vLLM CPU LoRA ops not found (%s); nothing patched", e)
+        return False
+    for mod in (lora_ops, punica_cpu, torch_ops):
+        for name, fn in _OPS.items():
+            if hasattr(mod, name):
+                setattr(mod, name, fn)
+    return True
+
+
+# vLLM's CPU platform starts its engine core and worker with multiprocessing "spawn", and a spawned
+# child re-imports the parent's __main__ module as __mp_main__: so while this module stays
+# __main__ (the server is started by calling its entry function, not by runpy), every process of
+# the engine runs the line below and computes with the grouped ops.
+if __name__ in ("__main__", "__mp_main__"):
+    install()
+
+if __name__ == "__main__":
+    try:
+        from vllm.entrypoints.launchers.api_server.entry import main
+    except ImportError:  # another vLLM layout: serve unpatched rather than not at all
+        log.warning("vLLM's api_server entry moved; serving with vLLM's own LoRA ops")
+        import runpy
+
+        runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
+    else:
+        main()
