@@ -191,7 +191,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     opt = torch.optim.Adam(params, lr=config.lr)
     steps_per_epoch = math.ceil(len(s_train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps))
     trained_tokens = sum(map(len, train_g))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     epochs: list[dict] = []
@@ -277,7 +277,7 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _warmup_cosine(total: int, warmup_frac: float = 0.05, floor: float = 0.1):
+def warmup_cosine(total: int, warmup_frac: float = 0.05, floor: float = 0.1):
     warm = max(1, int(total * warmup_frac))
 
     def f(step: int) -> float:
