@@ -117,3 +117,13 @@ def test_uneven_groups_gaps_and_rows_without_adapter(idx):
     got = cpu_lora.lora_matmul(x, w, torch.tensor(idx), torch.float32)
     want = torch.stack([w[i] @ row if i >= 0 else torch.zeros(O) for i, row in zip(idx, x)])
     torch.testing.assert_close(got, want)
+
+
+def test_engine_starts_the_patched_server_unless_told_not_to(tmp_path):
+    from serving.config import ServeConfig
+    from serving.engine import Engine
+
+    cmd = Engine(ServeConfig(model_dir=tmp_path), tmp_path / "log").command()
+    assert cmd[1:3] == ["-m", "serving.cpu_lora"] and "--enable-lora" in cmd
+    stock = Engine(ServeConfig(model_dir=tmp_path, grouped_lora_ops=False), tmp_path / "log").command()
+    assert stock[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
