@@ -115,3 +115,23 @@ def test_prompt_pursuit_stacks_its_rounds(tiny_model_dir, tmp_path):
     assert (out / "layers" / "round-2" / "bake.json").is_file()
     assert len(json.loads((out / "pursuit.json").read_text())["rounds"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "pursued"]
+
+
+def test_length_grouped_batches_cover_every_trajectory_once_with_less_padding():
+    import math
+    import random
+
+    from baker.baking import length_grouped_batches
+
+    rng = random.Random(1)
+    lengths = [rng.randint(5, 90) for _ in range(118)]
+    padded = lambda bs: sum(len(b) * max(lengths[j] for j in b) for b in bs)  # noqa: E731
+    epochs = [length_grouped_batches(lengths, 8, rng) for _ in range(3)]
+    for batches in epochs:
+        assert sorted(j for b in batches for j in b) == list(range(118))
+        assert len(batches) == math.ceil(118 / 8) and all(1 <= len(b) <= 8 for b in batches)
+    assert epochs[0] != epochs[1]  # still shuffled from epoch to epoch
+    order = list(range(118))
+    random.Random(2).shuffle(order)
+    plain = [order[i : i + 8] for i in range(0, 118, 8)]
+    assert padded(epochs[0]) < 0.9 * padded(plain)
