@@ -198,27 +198,31 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     try:
         bar.phase("train", total=total_steps)
         lengths = [len(c) + len(g) for c, g in zip(s_train, train_g)]
+        # Every generated token weighs the same, whichever batch it lands in: the batch's KL sum over
+        # the tokens of an average full batch (a per-batch mean would overweight the tokens of
+        # batches of short trajectories, which length grouping makes common).
+        batch_tokens = config.batch_size * trained_tokens / len(train_g)
         for epoch in range(1, config.epochs + 1):
-            t_epoch, losses = time.perf_counter(), []
+            t_epoch, kl_sum, kl_count = time.perf_counter(), 0.0, 0
             student.train()
             for idx in length_grouped_batches(lengths, config.batch_size, rng):
                 kl = batch_kl(student, [s_train[j] for j in idx], [train_g[j] for j in idx],
                               [teacher_train[j] for j in idx], pad, config.compute_dtype)
-                loss = kl.mean()  # nats per generated token
+                loss = kl.sum() / batch_tokens
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                bar.step(epoch=epoch, loss=losses[-1])
+                kl_sum, kl_count = kl_sum + float(kl.detach().sum()), kl_count + kl.numel()
+                bar.step(epoch=epoch, loss=float(kl.detach().mean()))
             student.eval()
             t_eval = time.perf_counter()
             seconds = t_eval - t_epoch
             by_source_after = eval_by()
             held = by_source_after["all"]
             timings["eval"] += time.perf_counter() - t_eval
-            epochs.append({"epoch": epoch, "train_loss": sum(losses) / len(losses), "heldout_kl": held,
+            epochs.append({"epoch": epoch, "train_loss": kl_sum / kl_count, "heldout_kl": held,
                            "seconds": seconds})
             bar.note(epoch=epoch, heldout_kl=held)
             if config.checkpoints:  # the half-baked models

@@ -50,6 +50,7 @@ def naive_bake(model_dir, prompt: str, train_contexts: list[str], heldout: dict,
     # the bake's optimisation (warm-up + cosine over config.epochs, clipping), so that the two
     # differ only in how the work is done; a constant 3e-3 never got below 0.29 here
     steps_per_epoch = math.ceil(len(trajs) / config.batch_size)
+    batch_tokens = config.batch_size * sum(len(g) for _, g in trajs) / max(1, sum(1 for _, g in trajs if g))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps_per_epoch * config.epochs))
     history = []
     for epoch in range(1, max_epochs + 1):
@@ -65,8 +66,8 @@ def naive_bake(model_dir, prompt: str, train_contexts: list[str], heldout: dict,
                 t_logits = student(input_ids=torch.tensor([t_ids])).logits[0, -n - 1 : -1]
             s_logits = student(input_ids=torch.tensor([s_ids])).logits[0, -n - 1 : -1]
             loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1),
-                            log_target=True, reduction="batchmean")
-            (loss / config.batch_size).backward()  # one sample at a time, same effective batch
+                            log_target=True, reduction="sum")
+            (loss / batch_tokens).backward()  # one sample at a time, the bake's token weighting
             if i % config.batch_size == 0 or i == len(trajs):
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 opt.step()

@@ -95,7 +95,7 @@ def test_bad_prompts(tiny_model_dir, tmp_path):
 def test_sequential_bake_starts_from_the_parent(tiny_model_dir, baked, tmp_path):
     """B(B(θ, u1), u2): the second layer's 'before' is measured on base + first layer."""
     second = bake(tiny_model_dir, "You are a cheerful baker.\nTalk about bread.", tmp_path / "second",
-                  FAST, progress=False, parent=baked.adapter_dir)
+                  FAST.replace(lr=1e-3, epochs=3), progress=False, parent=baked.adapter_dir)  # 3 steps an epoch: a gentler lr
     assert second.metrics["parent"]["path"] == str(baked.adapter_dir.resolve())
     assert second.eval_kl_after < second.eval_kl_before
     from baker.adapters import stack_adapters
