@@ -39,11 +39,11 @@ class _Plan:
     groups: list[torch.Tensor]  # per used slot, its rows (for batches above BMM_MAX_ROWS)
 
 
-_PLANS: dict[bytes, _Plan] = {}
+_PLANS: dict[tuple[str, bytes], _Plan] = {}
 
 
 def _plan(indices: torch.Tensor) -> _Plan:
-    key = indices.numpy().tobytes()  # keyed by value: never stale
+    key = (str(indices.dtype), indices.numpy().tobytes())  # keyed by value: never stale
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) > 4096:

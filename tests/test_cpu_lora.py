@@ -127,3 +127,11 @@ def test_engine_starts_the_patched_server_unless_told_not_to(tmp_path):
     assert cmd[1:3] == ["-m", "serving.cpu_lora"] and "--enable-lora" in cmd
     stock = Engine(ServeConfig(model_dir=tmp_path, grouped_lora_ops=False), tmp_path / "log").command()
     assert stock[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+
+
+def test_plans_of_equal_bytes_but_other_dtypes_are_not_confused():
+    from serving.cpu_lora import _plan
+
+    one = _plan(torch.tensor([-1], dtype=torch.int64))  # the same 8 bytes as int32 [-1, -1]
+    two = _plan(torch.tensor([-1, -1], dtype=torch.int32))
+    assert len(one.none) == 1 and len(two.none) == 2

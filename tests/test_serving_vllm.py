@@ -106,7 +106,12 @@ def test_tenants_get_their_own_adapter(served):
     assert [m for m, _ in answers.values()] == ["alice@v1", "bob@v1", "base"]
     texts = [a for _, a in answers.values()]
     assert len(set(texts)) == 3, answers
-    assert "Paris" in answers["carol"][1]  # the base model, untouched
+    # the base model, untouched: what vLLM's base answers when asked directly. (Not "Paris" as such:
+    # vLLM's bf16 CPU kernels round differently from transformers', and on some CPUs its greedy
+    # base answer here is "L'Étoile, ..." while transformers' is "... Paris.")
+    direct = httpx.post(f"{served.gateway.engine.url}/v1/chat/completions", timeout=120, json={
+        "model": "base", "messages": QUESTION, "max_tokens": 12, "temperature": 0}).json()
+    assert answers["carol"][1] == direct["choices"][0]["message"]["content"]
 
 
 def test_a_key_cannot_reach_another_tenants_model(served):
