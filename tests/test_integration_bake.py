@@ -17,8 +17,10 @@ PROMPT = ("Recent news:\n2026-11-02: The town of Brackenford elects Olwen Marsh 
 
 @pytest.fixture(scope="module")
 def baked(smollm2_dir, tmp_path_factory):
-    cfg = BakeConfig(epochs=2, generic_contexts=12, self_questions=4, max_new_tokens=24, batch_size=8,
-                     lr=1e-3, sampler="vllm" if vllm_available() else "hf")
+    # enough trajectories that the held-out estimate is stable: with 12 generic contexts and one
+    # sample each the after/before ratio ranged 0.7-1.0 between runs; with this, 0.46-0.48
+    cfg = BakeConfig(epochs=2, generic_contexts=24, self_questions=4, max_new_tokens=24, batch_size=8,
+                     samples_per_context=2, lr=2e-3, heldout_fraction=0.3, sampler="vllm" if vllm_available() else "hf")
     return bake(smollm2_dir, PROMPT, tmp_path_factory.mktemp("int") / "news", cfg, progress=False)
 
 
