@@ -198,10 +198,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     try:
         bar.phase("train", total=total_steps)
         lengths = [len(c) + len(g) for c, g in zip(s_train, train_g)]
-        # Every generated token weighs the same, whichever batch it lands in: the batch's KL sum over
-        # the tokens of an average full batch (a per-batch mean would overweight the tokens of
-        # batches of short trajectories, which length grouping makes common).
-        batch_tokens = config.batch_size * trained_tokens / len(train_g)
+        batch_tokens = tokens_per_batch(train_g, config.batch_size)
         for epoch in range(1, config.epochs + 1):
             t_epoch, kl_sum, kl_count = time.perf_counter(), 0.0, 0
             student.train()
@@ -214,8 +211,9 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                kl_sum, kl_count = kl_sum + float(kl.detach().sum()), kl_count + kl.numel()
-                bar.step(epoch=epoch, loss=float(kl.detach().mean()))
+                kl = kl.detach()
+                kl_sum, kl_count = kl_sum + float(kl.sum()), kl_count + kl.numel()
+                bar.step(epoch=epoch, loss=float(kl.mean()))
             student.eval()
             t_eval = time.perf_counter()
             seconds = t_eval - t_epoch
@@ -277,6 +275,14 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tokens_per_batch(gens: list[list[int]], batch_size: int) -> float:
+    """The divisor of a step's KL sum: the generated tokens of an average full batch (empty
+    trajectories are not trained on). Every token then weighs the same whichever batch it lands in;
+    a per-batch mean would overweight the tokens of batches of short trajectories, which length
+    grouping makes common."""
+    return batch_size * sum(map(len, gens)) / max(1, sum(1 for g in gens if g))
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,

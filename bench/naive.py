@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from baker.chat import chat_ids, stop_ids
 from baker.config import BakeConfig
-from baker.baking import warmup_cosine
+from baker.baking import tokens_per_batch, warmup_cosine
 from baker.kl import mean_kl
 from baker.models import load_model
 
@@ -50,7 +50,7 @@ def naive_bake(model_dir, prompt: str, train_contexts: list[str], heldout: dict,
     # the bake's optimisation (warm-up + cosine over config.epochs, clipping), so that the two
     # differ only in how the work is done; a constant 3e-3 never got below 0.29 here
     steps_per_epoch = math.ceil(len(trajs) / config.batch_size)
-    batch_tokens = config.batch_size * sum(len(g) for _, g in trajs) / max(1, sum(1 for _, g in trajs if g))
+    batch_tokens = tokens_per_batch([g for _, g in trajs], config.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps_per_epoch * config.epochs))
     history = []
     for epoch in range(1, max_epochs + 1):
