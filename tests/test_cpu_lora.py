@@ -105,9 +105,126 @@ def test_install_patches_the_cpu_punica_wrapper(monkeypatch):
     for mod in (ref, punica_cpu, pkg):
         for name in cpu_lora._OPS:
             monkeypatch.setattr(mod, name, getattr(mod, name))  # restored after the test
+    cls = punica_cpu.PunicaWrapperCPU
+    for name in ("add_lora_linear", "add_lora_logits"):
+        monkeypatch.setattr(cls, name, getattr(cls, name))
     assert cpu_lora.install()
     assert punica_cpu.bgmv_expand is cpu_lora.bgmv_expand
     assert ref.bgmv_shrink is cpu_lora.bgmv_shrink
+    assert cls.add_lora_linear is cpu_lora.add_lora_linear
+    assert cls.add_lora_logits is cpu_lora.add_lora_logits
+    assert cpu_lora._STOCK_ADD_LORA_LINEAR is not cpu_lora.add_lora_linear
+
+
+# -- whole LoRA layers: one shrink for all slices, the rank in use, float32 --------------------------
+
+
+def wrapper(idx):
+    """vLLM's CPU punica wrapper with `idx` as the token (and sequence) adapter indices."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    w = PunicaWrapperCPU(512, 16, "cpu")
+    n = len(idx)
+    w._token_lora_indices[:n] = torch.tensor(idx)
+    w._sampler_indices[:n] = torch.tensor(idx)
+    w.indices_len[:] = [n, n, n, n]
+    return w
+
+
+def layer(slots=SLOTS, slices=(40, 16, 16), rmax=8, ranks=(4, 0, 8, 2), dtype=torch.bfloat16, seed=0):
+    """vLLM-shaped stacks of a fused layer (e.g. qkv): per slice A [slots, 1, rmax, I] and
+    B [slots, 1, out, rmax], zero beyond each slot's adapter rank (`ranks`; 0 = empty slot)."""
+    g = torch.Generator().manual_seed(seed)
+    a_st, b_st = [], []
+    for out in slices:
+        a, b = torch.zeros(slots, 1, rmax, I, dtype=dtype), torch.zeros(slots, 1, out, rmax, dtype=dtype)
+        for s, r in enumerate(ranks):
+            a[s, 0, :r] = torch.randn(r, I, generator=g).to(dtype)
+            b[s, 0, :, :r] = torch.randn(out, r, generator=g).to(dtype)
+        a_st.append(a)
+        b_st.append(b)
+    return tuple(a_st), tuple(b_st)
+
+
+def reference(y, x, a_st, b_st, idx, scale=1.0):
+    y = y.double().clone()
+    col = 0
+    for a, b in zip(a_st, b_st):
+        out = b.shape[2]
+        for t, s in enumerate(idx):
+            if s >= 0:
+                y[t, col: col + out] += scale * (b[s, 0].double() @ (a[s, 0].double() @ x[t].double()))
+        col += out
+    return y
+
+
+@pytest.mark.parametrize("rows", [13, 200], ids=["decode-rows", "prefill-rows"])
+def test_add_lora_linear_matches_the_per_token_formula(rows):
+    a_st, b_st = layer()
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(-1, SLOTS, (rows,), generator=g).tolist()
+    x = torch.randn(rows, I, generator=g).to(torch.bfloat16)
+    y = torch.randn(rows, 72 + 5, generator=g).to(torch.bfloat16)  # wider than the slices
+    want = reference(y, x, a_st, b_st, idx, scale=0.5)
+    assert cpu_lora.add_lora_linear(wrapper(idx), y, x, a_st, b_st, 0.5, (40, 16, 16)) is None
+    torch.testing.assert_close(y.double(), want, rtol=2e-2, atol=6e-2)  # y is bf16
+    assert torch.equal(y[:, 72:].double(), want[:, 72:])  # columns past the slices untouched
+
+
+def test_add_lora_linear_sees_a_slot_rewritten_in_place():
+    """The float32 copy is cached per layer; vLLM loads an adapter by copying into its slot in
+    place (version counter moves), and the next step must compute with the new weights."""
+    a_st, b_st = layer(dtype=torch.float32)
+    idx = [1, 1, 0]
+    x, y0 = torch.randn(3, I), torch.zeros(3, 72)
+    w = wrapper(idx)
+    y = y0.clone()
+    cpu_lora.add_lora_linear(w, y, x, a_st, b_st, 1.0, (40, 16, 16))
+    torch.testing.assert_close(y[:2], torch.zeros(2, 72))  # slot 1 is empty
+    for a, b in zip(a_st, b_st):  # as vLLM's set_lora does: copy_ into the slot's view
+        a[1, 0, :8].copy_(torch.randn(8, I))
+        b[1, 0, :, :8].copy_(torch.randn(b.shape[2], 8))
+    y = y0.clone()
+    cpu_lora.add_lora_linear(w, y, x, a_st, b_st, 1.0, (40, 16, 16))
+    torch.testing.assert_close(y.double(), reference(y0, x, a_st, b_st, idx), rtol=1e-4, atol=1e-4)
+    assert y[:2].abs().sum() > 0
+
+
+def test_a_layer_no_adapter_touches_is_skipped_and_no_lora_is_a_no_op():
+    a_st, b_st = layer(ranks=(0, 0, 0, 0))
+    y = torch.randn(4, 72).to(torch.bfloat16)
+    before = y.clone()
+    cpu_lora.add_lora_linear(wrapper([0, 1, 2, 3]), y, torch.randn(4, I).to(torch.bfloat16), a_st, b_st,
+                             1.0, (40, 16, 16))
+    assert torch.equal(y, before)
+    a_st, b_st = layer()
+    w = wrapper([0, 1, 2, 3])
+    w.no_lora = True
+    cpu_lora.add_lora_linear(w, y, torch.randn(4, I).to(torch.bfloat16), a_st, b_st, 1.0, (40, 16, 16))
+    assert torch.equal(y, before)
+
+
+def test_an_unknown_layout_goes_to_vllms_own_op(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_lora, "_STOCK_ADD_LORA_LINEAR", lambda *a, **k: calls.append(a))
+    a_st, b_st = layer()
+    w = wrapper([0, 1])  # two indices for three rows
+    cpu_lora.add_lora_linear(w, torch.zeros(3, 72), torch.randn(3, I), a_st, b_st, 1.0, (40, 16, 16))
+    assert len(calls) == 1
+
+
+def test_add_lora_logits_skips_an_untouched_head_and_applies_a_real_one():
+    vocab = 50
+    idx = [2, -1, 0]
+    x = torch.randn(3, I)
+    a_st, b_st = layer(slices=(vocab,), ranks=(0, 0, 0, 0), dtype=torch.float32)
+    y = torch.randn(3, vocab)
+    before = y.clone()
+    cpu_lora.add_lora_logits(wrapper(idx), y, x, a_st[0], b_st[0], 1.0)
+    assert torch.equal(y, before)
+    a_st, b_st = layer(slices=(vocab,), dtype=torch.float32, seed=5)
+    cpu_lora.add_lora_logits(wrapper(idx), y, x, a_st[0], b_st[0], 2.0)
+    torch.testing.assert_close(y.double(), reference(before, x, a_st, b_st, idx, 2.0), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("idx", [[3, 3, 0, 3, -1], [-1, -1], [1, -1, 1], [2, 2, 2]])

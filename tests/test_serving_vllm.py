@@ -114,6 +114,43 @@ def test_tenants_get_their_own_adapter(served):
     assert answers["carol"][1] == direct["choices"][0]["message"]["content"]
 
 
+def served_vs_peft(s, tenant: str) -> tuple[float, float]:
+    """Mean |log-prob| gap per token of a fixed text between the tenant's adapter as vLLM serves it
+    and the same adapter in transformers+PEFT (fp32); and the adapter's own effect under PEFT."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "The committee met on Tuesday and agreed, after a long debate, to rebuild the old bridge."
+    r = httpx.post(f"{s.url}/v1/completions", headers={"Authorization": f"Bearer {s.keys[tenant]}"},
+                   timeout=120, json={"prompt": text, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0})
+    r.raise_for_status()
+    reg = Registry(s.home)
+    current = reg.current(tenant)
+    assert r.json()["model"] == current.name
+    entries = r.json()["choices"][0]["prompt_logprobs"][1:]
+    ids = [int(next(iter(e))) for e in entries]
+    served_lp = torch.tensor([e[str(i)]["logprob"] for e, i in zip(entries, ids)])
+
+    full = AutoTokenizer.from_pretrained(s.base)(text, return_tensors="pt").input_ids
+    assert full[0, 1:].tolist() == ids
+    base = AutoModelForCausalLM.from_pretrained(s.base, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        base_lp = torch.log_softmax(base(full).logits[0, :-1], -1).gather(1, full[0, 1:, None])[:, 0]
+        peft = PeftModel.from_pretrained(base, reg.version_dir(tenant, current.version)).eval()
+        peft_lp = torch.log_softmax(peft(full).logits[0, :-1], -1).gather(1, full[0, 1:, None])[:, 0]
+    return (served_lp - peft_lp).abs().mean().item(), (peft_lp - base_lp).abs().mean().item()
+
+
+def test_served_adapter_computes_what_peft_computes(served):
+    """The adapter as vLLM serves it (bf16, grouped CPU LoRA ops, stacks padded to max rank)
+    scores a text as transformers+PEFT (fp32) does: per-token log-probs within bf16 noise, far
+    closer to PEFT-with-adapter than to the base model."""
+    gap, effect = served_vs_peft(served, "bob")
+    assert effect > 0.5, effect  # the adapter really changes the scores
+    assert gap < 0.2 * effect, (gap, effect)
+
+
 def test_a_key_cannot_reach_another_tenants_model(served):
     c = client(served, "alice")
     with pytest.raises(openai.NotFoundError):
@@ -158,6 +195,8 @@ def test_hot_swap_under_load_has_no_failed_request(served):
     assert after and all(m == "alice@v2" for _, m, _, _ in after), [(round(t - t_pub, 2), m) for t, m, _, _ in results]
     assert any(m == "alice@v1" for _, m, _, _ in results)  # the loop really spanned the swap
     assert ask(served, "alice")[1] != v1_answer
+    gap, effect = served_vs_peft(served, "alice")  # the new slot's weights, not a stale copy
+    assert gap < 0.2 * effect, (gap, effect)
     deadline = time.monotonic() + 5
     while "alice@v1" in served.gateway.loaded and time.monotonic() < deadline:
         time.sleep(0.1)
