@@ -1,10 +1,14 @@
 """Serving benchmark: vLLM multi-LoRA behind the bakehouse gateway (CPU, SmolLM2-135M).
 
-One run, the same workload (N completions x T tokens, all in flight at once, ignore_eos):
+One run, the same workload (N completions x T tokens, all in flight at once, ignore_eos; each
+throughput figure is the best of --repeats runs, the loads taking turns: this shared machine's
+noise only ever slows a run down):
   1. transformers + PEFT, the 8 tenants' requests one adapter at a time (batched): the baseline
   2. through the gateway: base model only / 1 adapter / 8 tenants' adapters mixed -> tokens/s
   3. gateway overhead: sequential requests via the gateway vs straight to vLLM, interleaved
   4. hot-swap latency: publish (validate + copy + pointer) -> first answer from the new version
+The adapters are shaped as a bake makes them by default (BakeConfig: rank 16 on the attention
+and MLP projections; `--adapter-rank`, `--attention-only` to vary), random non-zero weights.
 Prints the figures and writes bench/out/serve.json.
 
     python bench/serve.py            # 32 requests x 32 tokens, 8 swaps
@@ -49,7 +53,7 @@ def pct(xs: list[float], q: float) -> float:
 # -- baseline: transformers + PEFT, one adapter at a time ------------------------------------------
 
 
-def peft_baseline(model_dir: Path, adapters: list[Path], n: int, tokens: int) -> dict:
+def peft_baseline(model_dir: Path, adapters: list[Path], n: int, tokens: int, repeats: int) -> dict:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,18 +81,22 @@ def peft_baseline(model_dir: Path, adapters: list[Path], n: int, tokens: int) ->
     threads = min(timings, key=timings.get)
     torch.set_num_threads(threads)
     print(f"      warm-up 4 tokens: {', '.join(f'{k} thread(s) {v:.2f} s' for k, v in timings.items())}", flush=True)
-    t0, made = time.perf_counter(), 0
-    with torch.inference_mode():
-        for i, group in groups.items():  # one adapter at a time, its requests batched
-            model.set_adapter(f"t{i}")
-            enc = tok(group, return_tensors="pt", padding=True)
-            out = model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-            made += (out.shape[1] - enc["input_ids"].shape[1]) * len(group)
-            print(f"      adapter t{i}: {len(group)} requests, {time.perf_counter() - t0:.1f} s so far", flush=True)
-    wall = time.perf_counter() - t0
+    passes = []
+    for rep in range(repeats):  # the best pass counts (this shared machine's noise only slows)
+        t0, made = time.perf_counter(), 0
+        with torch.inference_mode():
+            for i, group in groups.items():  # one adapter at a time, its requests batched
+                model.set_adapter(f"t{i}")
+                enc = tok(group, return_tensors="pt", padding=True)
+                out = model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+                made += (out.shape[1] - enc["input_ids"].shape[1]) * len(group)
+        wall = time.perf_counter() - t0
+        passes.append({"tokens": made, "seconds": round(wall, 2), "tokens_per_s": round(made / wall, 1)})
+        print(f"      pass {rep + 1}: {passes[-1]}", flush=True)
     del model, base
-    return {"tokens": made, "seconds": round(wall, 2), "tokens_per_s": round(made / wall, 1), "torch_threads": threads}
+    best = max(passes, key=lambda r: r["tokens_per_s"])
+    return {**best, "torch_threads": threads, "passes_tokens_per_s": [r["tokens_per_s"] for r in passes]}
 
 
 # -- load generation -----------------------------------------------------------------------------
@@ -176,13 +184,18 @@ def main():
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs of each throughput load, best counts (default 3, --quick 2)")
     ap.add_argument("--stock-lora-ops", action="store_true",
                     help="vLLM's own CPU LoRA ops instead of serving.cpu_lora's grouped ones")
+    ap.add_argument("--adapter-rank", type=int, default=None, help="rank of the adapters (default: BakeConfig's)")
+    ap.add_argument("--attention-only", action="store_true", help="adapters on q/k/v/o only")
     ap.add_argument("--max-lora-rank", type=int, default=None, help="engine max rank (default: ServeConfig's)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve.json"))
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 32)
     swaps = 4 if args.quick else 8
+    repeats = args.repeats or (2 if args.quick else 3)
     T = args.tokens
 
     import uvicorn
@@ -199,15 +212,20 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     home = work / "home"
     print(f"model {model_dir}\nworkload: {n} requests x {T} tokens, all in flight; work dir {work}")
-    srcs = [make_adapter(model_dir, work / f"src{i}", seed=100 + i) for i in range(10)]
+    from baker.config import ATTENTION, BakeConfig
+
+    shape = {"r": args.adapter_rank or BakeConfig().rank,
+             "targets": ATTENTION if args.attention_only else BakeConfig().target_modules}
+    srcs = [make_adapter(model_dir, work / f"src{i}", seed=100 + i, **shape) for i in range(10)]
     import os
 
-    res: dict = {"workload": {"requests": n, "tokens": T}, "targets": TARGETS,
+    res: dict = {"workload": {"requests": n, "tokens": T, "repeats": repeats, "adapter_rank": shape["r"],
+                              "adapter_targets": list(shape["targets"])}, "targets": TARGETS,
                  "loadavg_start": os.getloadavg(), "cpus": os.cpu_count()}
 
     if not args.skip_peft:
         print("[1/4] transformers+PEFT baseline (8 adapters, one at a time, batched) ...", flush=True)
-        res["peft_8_tenants"] = peft_baseline(model_dir, srcs[:8], n, T)
+        res["peft_8_tenants"] = peft_baseline(model_dir, srcs[:8], n, T, repeats)
         print(f"      {res['peft_8_tenants']}")
 
     store, reg = TenantStore(home), Registry(home)
@@ -242,7 +260,12 @@ def main():
         asyncio.run(burst(url, [(keys[f"t{i}"], "Hello", None) for i in range(8)] + [(keys["plain"], "Hi", None)], 4))
         for name, jobs in loads.items():
             asyncio.run(burst(url, jobs[: max(4, n // 4)], 8))  # warm-up: same batch shapes, loads LoRA slots
-            res[name] = asyncio.run(burst(url, jobs, T))
+        runs: dict[str, list[dict]] = {name: [] for name in loads}
+        for _ in range(repeats):  # the loads take turns, so slow spells of the machine hit all of them
+            for name, jobs in loads.items():
+                runs[name].append(asyncio.run(burst(url, jobs, T)))
+        for name, rs in runs.items():
+            res[name] = {**max(rs, key=lambda r: r["tokens_per_s"]), "runs_tokens_per_s": [r["tokens_per_s"] for r in rs]}
             print(f"      {name:<17} {res[name]}", flush=True)
 
         print("[3/4] gateway overhead (sequential, interleaved with direct vLLM calls) ...", flush=True)

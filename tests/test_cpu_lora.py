@@ -246,6 +246,24 @@ def test_engine_starts_the_patched_server_unless_told_not_to(tmp_path):
     assert stock[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
 
 
+def test_engine_binds_its_threads_to_every_cpu_of_a_small_machine(tmp_path, monkeypatch):
+    from serving import engine
+    from serving.config import ServeConfig
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1})
+    env = engine.Engine(ServeConfig(model_dir=tmp_path), tmp_path / "log").environment()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1" and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(64)))
+    env = engine.Engine(ServeConfig(model_dir=tmp_path), tmp_path / "log").environment()
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # big machine: vLLM's own auto binding
+    env = engine.Engine(ServeConfig(model_dir=tmp_path, cpu_threads_bind="2-5"), tmp_path / "log").environment()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "2-5"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the user's environment wins
+    env = engine.Engine(ServeConfig(model_dir=tmp_path, cpu_threads_bind="2-5"), tmp_path / "log").environment()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+
 def test_plans_of_equal_bytes_but_other_dtypes_are_not_confused():
     from serving.cpu_lora import _plan
 
