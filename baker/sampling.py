@@ -81,6 +81,10 @@ class VLLMSampler:
     def __init__(self, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096,
                  dtype: str = "bfloat16", kv_cache_gib: float = 2.0):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the CLI's output readable
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) <= 4:  # vLLM's CPU "auto" binding keeps one core for its scheduler: on a
+            # 2-core machine the model would run on one (the serving engine does the same)
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
         from vllm import LLM
 
         kwargs = {}
