@@ -19,9 +19,11 @@ class BakeConfig:
     target_modules: tuple[str, ...] = ATTENTION + MLP  # attention and MLP projections
     # optimisation (Adam; 3e-4 converges ~4x faster than the paper's 1e-4 in later findings)
     # (measured on the 20-headline bench, SmolLM2-135M: at lr 1e-3 x 4 epochs the baked model
-    # recalled 0/20 facts; facts need more optimiser steps than style: 3e-3 x 8 epochs x batch 8)
+    # recalled 0/20 facts; facts need more optimiser steps than style: 3e-3 x batch 8; 6 epochs
+    # over 6 questions per line beat 8 epochs over 2: held-out KL ratio 0.40 / 0.35 (two seeds)
+    # vs 0.43, recall 0.40 / 0.35 vs 0.35, in the same ~350 s on the same (slow) day)
     lr: float = 3e-3  # peak learning rate (cosine decay to 10% over the run)
-    epochs: int = 8  # passes over the training trajectories; a checkpoint after each one
+    epochs: int = 6  # passes over the training trajectories; a checkpoint after each one
     batch_size: int = 8  # trajectories per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping
     seed: int = 0  # one seed for context choice, sampling and LoRA init
@@ -35,7 +37,7 @@ class BakeConfig:
     generic_contexts: int = 32  # how many of the shipped generic user requests to use
     # (20-headline bench: 2 per line -> 234 s, recall 0.30; the earlier 8 chat-written questions
     # -> 232 s, 0.40; within the noise of 20 questions, and the few-shot ones are on topic)
-    self_questions: int = 2  # questions sampled per prompt line from the model (few-shot)
+    self_questions: int = 6  # questions sampled per prompt line from the model (few-shot)
     probe_questions: bool = True  # questions derived from each line of the prompt
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
