@@ -8,6 +8,11 @@ adapter's rows are gathered once and multiplied by its matrix once: the same num
 against vLLM's ops in tests/test_cpu_lora.py), without the per-token copies. Tokens with no
 adapter (index < 0) get no LoRA term, which is what they should get.
 
+Whole LoRA layers go through `add_lora_linear` (patched onto vLLM's PunicaWrapperCPU): one float32
+shrink for all the layer's slices (q/k/v, gate/up), only the rank in use (vLLM zero-pads every slot
+to `max_lora_rank`, and every module whether an adapter targets it or not), the grouping computed
+once per layer. `add_lora_logits` skips an LM head no adapter touches.
+
 GPU builds use Triton kernels and are left alone: `install()` patches only the CPU ops.
 
     python -m serving.cpu_lora --model M --enable-lora ...   # = vllm's api_server, patched
