@@ -214,8 +214,9 @@ def main():
     print(f"model {model_dir}\nworkload: {n} requests x {T} tokens, all in flight; work dir {work}")
     from baker.config import ATTENTION, BakeConfig
 
-    shape = {"r": args.adapter_rank or BakeConfig().rank,
-             "targets": ATTENTION if args.attention_only else BakeConfig().target_modules}
+    bake_defaults = BakeConfig()
+    shape = {"r": args.adapter_rank or bake_defaults.rank,
+             "targets": ATTENTION if args.attention_only else bake_defaults.target_modules}
     srcs = [make_adapter(model_dir, work / f"src{i}", seed=100 + i, **shape) for i in range(10)]
     import os
 

@@ -233,19 +233,17 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     if f.at is None or not plan.slots:
         return None
     x32 = x2.to(torch.float32)
+    if scale != 1.0:  # LoRA is linear in x: scaling the input scales every product
+        x32 = x32 * scale
     # The grouping is done once per layer and shared by the shrink and the expand; the float32
     # products are added into the bf16 output in place (no separate cast).
     if len(plan.slots) == 1 and plan.none is None:  # one adapter in the batch
         h = x32 @ f.at[plan.lo]
-        if scale != 1.0:
-            h.mul_(scale)
         y2[:, : f.span] += h @ f.bd[plan.lo]
     elif x32.shape[0] <= BMM_MAX_ROWS:  # decode: the rows padded per slot, one bmm per product
         k, m, lo = plan.k, plan.m, plan.lo
         padded = torch.cat([x32, x32.new_zeros(1, x32.shape[1])]).index_select(0, plan.gather)
         h = torch.bmm(padded.view(k, m, -1), f.at[lo: lo + k])  # [k, m, sum r]
-        if scale != 1.0:
-            h.mul_(scale)
         parts = [torch.bmm(h[:, :, c0:c1], bt[lo: lo + k]) for bt, (c0, c1) in zip(f.bts, f.cols)]
         outs = [(0, f.span, torch.cat(parts, 2) if len(parts) > 1 else parts[0])] if f.packed else \
             [(r0, r1, p) for p, (r0, r1) in zip(parts, f.rows)]
@@ -257,8 +255,6 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     else:  # prefill: each adapter's rows on their own
         for slot, sel in zip(plan.slots, plan.groups):
             h = x32.index_select(0, sel) @ f.at[slot]
-            if scale != 1.0:
-                h.mul_(scale)
             y2[:, : f.span].index_add_(0, sel, (h @ f.bd[slot]).to(y.dtype))
     return None
 

@@ -130,8 +130,8 @@ class Engine:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter + unload
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         bind = omp_threads_bind(self.cfg.cpu_threads_bind)
-        if bind and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:  # the user's own setting wins
-            env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+        if bind:
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)  # the user's own setting wins
         return env
 
     def spawn(self) -> None:
