@@ -23,6 +23,7 @@ class BakeConfig:
     # over 6 questions per line beat 8 epochs over 2: held-out KL ratio 0.40 / 0.35 (two seeds)
     # vs 0.43, recall 0.40 / 0.35 vs 0.35, in the same ~350 s on the same (slow) day)
     lr: float = 3e-3  # peak learning rate (cosine decay to 10% over the run)
+    lr_b_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): the B matrices learn at lr x this
     epochs: int = 6  # passes over the training trajectories; a checkpoint after each one
     batch_size: int = 8  # trajectories per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping
@@ -57,6 +58,8 @@ class BakeConfig:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not (self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if not (self.lr_b_ratio > 0):
+            raise ConfigError(f"lr_b_ratio must be > 0, got {self.lr_b_ratio!r}")
         if not (self.alpha > 0):
             raise ConfigError(f"alpha must be > 0, got {self.alpha!r}")
         if not (self.temperature > 0):

@@ -106,14 +106,16 @@ def weights_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: Path, dtype=None):
-    """Load (model, tokenizer) from a local HF dir, eval mode, with a pad token set."""
+def load_model(path: Path, dtype=None, attn_implementation: str | None = None):
+    """Load (model, tokenizer) from a local HF dir, eval mode, with a pad token set.
+    `attn_implementation` as in transformers (None: its default, SDPA)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+                                                     attn_implementation=attn_implementation)
     except Exception as e:  # transformers raises many kinds; the user needs the path
         raise ModelError(f"cannot load model from {path}: {e}") from e
     if tok.pad_token_id is None:
