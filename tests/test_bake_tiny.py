@@ -137,28 +137,6 @@ def test_length_grouped_batches_cover_every_trajectory_once_with_less_padding():
     assert padded(epochs[0]) < 0.9 * padded(plain)
 
 
-def test_lora_inputs_left_uncast_give_the_same_bits_under_autocast(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-
-    from baker.kl import autocast
-    from baker.models import load_model
-
-    base, tok = load_model(tiny_model_dir, dtype=torch.bfloat16)
-    torch.manual_seed(1)
-    student = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
-    ids = torch.tensor([tok("Hello, who are you?")["input_ids"]])
-    with torch.no_grad(), autocast("bfloat16"):
-        cast = student(input_ids=ids).logits
-        bake_mod._no_input_casts(student)
-        uncast = student(input_ids=ids).logits
-        student.disable_adapter_layers()
-        plain = student(input_ids=ids).logits
-    assert torch.equal(cast, uncast)
-    lora = [m for m in student.modules() if hasattr(m, "cast_input_dtype_enabled")]
-    assert lora and not any(m.cast_input_dtype_enabled for m in lora)
-    assert not torch.equal(plain, uncast)  # the adapter is on and does something
-
-
 def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_model_dir, tmp_path, monkeypatch):
     seen = []
     real_adam = torch.optim.Adam
