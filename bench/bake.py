@@ -3,8 +3,8 @@
 Prints (and writes bench/out/bake.json): eval KL before/after, drift KL, the KL floor of a
 reordered prompt (see `reorder_floor`), headline recall for the base / prompted / baked model
 (keyword match, greedy, no prompt for base and baked), wall time per phase, trained tokens/s, peak
-RSS; then the same bake by the naive reference loop (bench/naive.py)
-run to the same held-out KL, and the time ratio.
+RSS; then the same bake by the naive reference loop (bench/naive.py) run to the same held-out KL,
+and the time ratio.
 
     python bench/bake.py                      # full run (the naive loop takes a while)
     python bench/bake.py --naive-budget-min 0 # skip the naive loop
@@ -126,8 +126,9 @@ def main():
 def reorder_floor(model_dir, rows, out_dir, config: dict, seed: int = 1) -> float:
     """KL(teacher || teacher with the same headlines in another order) on the bake's held-out
     trajectories, in nats/token: how far the prompted model moves when its prompt is rewritten
-    without changing a single fact. A baked model closer to the teacher than this would be fitting
-    the prompt's wording, not its content; it puts `eval_kl_after` in scale."""
+    without changing a single fact. It puts `eval_kl_after` in scale: to get below it, a baked model
+    would have to reproduce how this particular wording of the prompt moves the model, beyond what
+    the prompt says."""
     import random
 
     import torch
