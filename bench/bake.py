@@ -59,6 +59,7 @@ def main():
     args = ap.parse_args()
 
     from baker import BakeConfig, bake
+    from baker.baking import TRAJECTORIES_FILE
     from baker.generate import compare_answers
     from baker.models import resolve_model
 
@@ -80,11 +81,11 @@ def main():
     rec = {k: recall(rows, answers, k) for k in runs}
     # Leakage check: the bake never sees the bench's questions, but the questions the model writes
     # about each headline can coincide with them; count the verbatim (case-insensitive) repeats.
-    seen = {json.loads(line)["context"].strip().lower()
-            for line in (out_dir / "trajectories.jsonl").read_text().splitlines()}
+    trajs = [json.loads(line) for line in (out_dir / TRAJECTORIES_FILE).read_text().splitlines()]
+    seen = {t["context"].strip().lower() for t in trajs}
     leaked = sorted(q["id"] for q in questions if q["prompt"].strip().lower() in seen)
 
-    floor = reorder_floor(model_dir, rows, out_dir, m["config"])
+    floor = reorder_floor(model_dir, rows, [t for t in trajs if t["split"] == "heldout"], m["config"])
 
     report = {
         "model": str(model_dir), "prompt_tokens": m["prompt_tokens"], "config": m["config"],
@@ -103,7 +104,7 @@ def main():
     print(json.dumps({k: v for k, v in report.items() if k not in ("answers", "config", "epochs")}, indent=1))
 
     if args.naive_budget_min > 0:
-        report["naive"] = run_naive(model_dir, prompt, out_dir, config, m, args.naive_budget_min)
+        report["naive"] = run_naive(model_dir, prompt, trajs, config, m, args.naive_budget_min)
         report["speedup"] = report["naive"]["seconds"] / bake_s
         report["speedup_is_lower_bound"] = not report["naive"]["reached_target"]
         print(json.dumps({"naive": {k: v for k, v in report["naive"].items() if k != "epochs"},
@@ -123,7 +124,7 @@ def main():
     print(f"wrote {args.out}")
 
 
-def reorder_floor(model_dir, rows, out_dir, config: dict, seed: int = 1) -> float:
+def reorder_floor(model_dir, rows, held: list[dict], config: dict, seed: int = 1) -> float:
     """KL(teacher || teacher with the same headlines in another order) on the bake's held-out
     trajectories, in nats/token: how far the prompted model moves when its prompt is rewritten
     without changing a single fact. It puts `eval_kl_after` in scale: to get below it, a baked model
@@ -134,11 +135,9 @@ def reorder_floor(model_dir, rows, out_dir, config: dict, seed: int = 1) -> floa
     import torch
 
     from baker.chat import chat_ids
-    from baker.kl import sequence_logprobs
+    from baker.kl import kl_per_position, sequence_logprobs
     from baker.models import load_model
 
-    held = [json.loads(line) for line in (out_dir / "trajectories.jsonl").read_text().splitlines()]
-    held = [t for t in held if t["split"] == "heldout"]
     shuffled = rows[:]
     random.Random(seed).shuffle(shuffled)
     model, tok = load_model(model_dir, dtype=getattr(torch, config["compute_dtype"]), attn_implementation="eager")
@@ -146,11 +145,10 @@ def reorder_floor(model_dir, rows, out_dir, config: dict, seed: int = 1) -> floa
     lp = [sequence_logprobs(model, [chat_ids(tok, t["context"], p) for t in held], gens, tok.pad_token_id,
                             dtype=config["compute_dtype"], store="float32")
           for p in (headlines_prompt(rows), headlines_prompt(shuffled))]
-    kl = [float((a.exp() * (a - b)).sum()) for a, b in zip(*lp)]
-    return sum(kl) / sum(map(len, gens))
+    return float(kl_per_position(torch.cat(lp[1]), torch.cat(lp[0])).mean())
 
 
-def run_naive(model_dir, prompt, out_dir, config, m, budget_min) -> dict:
+def run_naive(model_dir, prompt, trajs: list[dict], config, m, budget_min) -> dict:
     """Same contexts and held-out set as the bake; the naive loop samples its own trajectories."""
     import torch  # noqa: F401
 
@@ -159,7 +157,6 @@ def run_naive(model_dir, prompt, out_dir, config, m, budget_min) -> dict:
     from baker.models import load_model
     from naive import naive_bake
 
-    trajs = [json.loads(line) for line in (out_dir / "trajectories.jsonl").read_text().splitlines()]
     train_ctx = [t["context"] for t in trajs if t["split"] == "train"]
     held = [t for t in trajs if t["split"] == "heldout"]
     model, tok = load_model(model_dir)
