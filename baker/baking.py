@@ -31,7 +31,8 @@ from .config import BakeConfig
 from .contexts import (Context, clean_self_questions, generic_requests, probe_questions,
                        prompt_items, question_request, split)
 from .errors import BakeError, PromptError
-from .kl import batch_kl, grouped_kl, mean_kl, sequence_logprobs
+from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
+from .kl import batch_kl, grouped_kl, kl_per_position, mean_kl, sequence_logprobs
 from .models import context_length, load_model, weights_hash
 from .sampling import open_sampler
 
@@ -183,8 +184,12 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     s_train = [student_ctx[c] for c in train_c]
     s_held = [student_ctx[c] for c in held_c]
     held_src = [c.source for c in held_c]
-    eval_by = lambda: grouped_kl(student, s_held, held_g, teacher_held, pad, config.compute_dtype,  # noqa: E731
-                                 config.batch_size, held_src)
+
+    def eval_by():
+        with eager():
+            return grouped_kl(student, s_held, held_g, teacher_held, pad, config.compute_dtype,
+                              config.batch_size, held_src)
+
     t = time.perf_counter()
     by_source_before = eval_by()
     eval_kl_before = by_source_before["all"]
@@ -200,25 +205,47 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     total_steps = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps))
     trained_tokens = sum(map(len, train_g))
+
+    # Training runs compiled (see baker/compiling.py). Compiled layers do not share the contexts'
+    # common prefix through a KV cache: a cache makes every layer a different graph.
+    compiled = compile_layers(student) if config.compile else []
+    kl_fn = compiled_kl() if config.compile else kl_per_position
+
+    def train_step(idx: list[int]) -> torch.Tensor:
+        kl = batch_kl(student, [s_train[j] for j in idx], [train_g[j] for j in idx],
+                      [teacher_train[j] for j in idx], pad, config.compute_dtype,
+                      share_prefix=not compiled, kl_fn=kl_fn)
+        (kl.sum() / batch_tokens).backward()
+        return kl.detach()
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     epochs: list[dict] = []
     try:
         bar.phase("train", total=total_steps)
         lengths = [len(c) + len(g) for c, g in zip(s_train, train_g)]
         batch_tokens = tokens_per_batch(train_g, config.batch_size)
+        first_step = None  # seconds of the first step (it includes compiling)
         for epoch in range(1, config.epochs + 1):
             t_epoch, kl_sum, kl_count = time.perf_counter(), 0.0, 0
             student.train()
             for idx in length_grouped_batches(lengths, config.batch_size, rng):
-                kl = batch_kl(student, [s_train[j] for j in idx], [train_g[j] for j in idx],
-                              [teacher_train[j] for j in idx], pad, config.compute_dtype)
-                loss = kl.sum() / batch_tokens
-                loss.backward()
+                if first_step is None and config.compile:  # compiles; falls back to eager
+                    t_first = time.perf_counter()
+                    try:
+                        kl = train_step(idx)
+                    except Exception as e:  # inductor raises many kinds (no compiler, unsupported op)
+                        compile_failed(e)
+                        uncompile(compiled)
+                        compiled, kl_fn = [], kl_per_position
+                        opt.zero_grad(set_to_none=True)
+                        kl = train_step(idx)
+                    first_step = time.perf_counter() - t_first
+                else:
+                    kl = train_step(idx)
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                kl = kl.detach()
                 kl_sum, kl_count = kl_sum + float(kl.sum()), kl_count + kl.numel()
                 bar.step(epoch=epoch, loss=float(kl.mean()))
             student.eval()
@@ -233,11 +260,13 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             if config.checkpoints:  # the half-baked models
                 student.save_pretrained(tmp / "checkpoints" / f"epoch-{epoch}")
         timings["train"] = sum(e["seconds"] for e in epochs)
+        timings["first_step"] = first_step
 
         # 5. drift: KL(base || baked) on held-out contexts, no prompt anywhere -------------------
         t = time.perf_counter()
-        drift = mean_kl(student, [student_ctx[c] for c in held_ctx], base_gens, base_held, pad,
-                        config.compute_dtype, config.batch_size)
+        with eager():
+            drift = mean_kl(student, [student_ctx[c] for c in held_ctx], base_gens, base_held, pad,
+                            config.compute_dtype, config.batch_size)
         timings["eval"] += time.perf_counter() - t
         bar.close()
 
@@ -264,6 +293,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             "trained_tokens_per_second": trained_tokens * config.epochs / max(timings["train"], 1e-9),
             "timings": timings,
             "sampler": config.sampler if config.sampler != "auto" else type(sampler).name,
+            "compiled": bool(compiled),
             "versions": _versions(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

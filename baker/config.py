@@ -46,6 +46,8 @@ class BakeConfig:
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
     compute_dtype: str = "bfloat16"  # autocast dtype for forward/backward ("float32" to disable)
+    # torch.compile the decoder layers and the KL for training (eager if compilation fails)
+    compile: bool = True
     teacher_cache_dtype: str = "float16"  # storage of the cached full-vocabulary teacher log-probs
     checkpoints: bool = True  # save an adapter after every epoch (the half-baked models)
 

@@ -99,12 +99,13 @@ def kl_per_position(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor
 
 
 def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype: str,
-             share_prefix: bool = True):
+             share_prefix: bool = True, kl_fn=kl_per_position):
     """Per-position KL of `model` (student, no prompt) against cached teacher log-probs.
 
     The prefix the batch's contexts share (the chat template's default system turn) is run once
     and its KV cache broadcast to every row; gradients flow back through it, so this equals the
-    plain batched forward while skipping (B-1) copies of the prefix."""
+    plain batched forward while skipping (B-1) copies of the prefix. `kl_fn` computes the KL from
+    (student logits, teacher log-probs), e.g. a compiled `kl_per_position`."""
     p = common_prefix_len(contexts) if share_prefix and len(contexts) > 1 else 0
     ctx = [c[p:] for c in contexts]
     ids, mask = pad_right([c + g for c, g in zip(ctx, gens)], pad)
@@ -115,7 +116,7 @@ def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype
             past = causal_lm(model).model(input_ids=torch.tensor([contexts[0][:p]]), use_cache=True).past_key_values
             past.batch_repeat_interleave(len(ctx))
         logits = logits_at(model, ids, mask, rows, cols, past)
-    return kl_per_position(logits, torch.cat(teacher))
+    return kl_fn(logits, torch.cat(teacher))
 
 
 @torch.inference_mode()

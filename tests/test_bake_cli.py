@@ -20,7 +20,7 @@ def run():
 def fast_config(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"generic_contexts": 6, "self_questions": 0, "batch_size": 4, "rank": 2,
-                               "compute_dtype": "float32"}))
+                               "compute_dtype": "float32", "compile": False}))
     return cfg
 
 

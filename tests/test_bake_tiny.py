@@ -10,7 +10,8 @@ from baker import BAKE_FILE, BakeConfig, BakeError, PromptError, bake
 
 PROMPT = "You are Captain Brine, a pirate.\nAlways mention the sea.\nEnd every answer with 'Arr'."
 FAST = BakeConfig(epochs=2, generic_contexts=10, self_questions=2, max_new_tokens=8, batch_size=4,
-                  temperature=1.0, sampler="hf", lr=5e-3, rank=4, compute_dtype="float32", teacher_cache_dtype="float32")
+                  temperature=1.0, sampler="hf", lr=5e-3, rank=4, compute_dtype="float32", teacher_cache_dtype="float32",
+                  compile=False)  # compiling is tested in test_kl.py and the SmolLM2 integration test
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,15 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_model_dir, 
     assert a["initial_lr"] == cfg.lr and b["initial_lr"] == cfg.lr * 4  # before the schedule
     assert len(a["params"]) == len(b["params"]) > 0
     assert all(p.shape[1] == cfg.rank for p in b["params"])  # B is (out, r)
+
+
+def test_a_failing_compile_falls_back_to_eager_training(tiny_model_dir, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(bake_mod, "compile_layers", lambda model: [])  # keep the test fast
+    monkeypatch.setattr(bake_mod, "compiled_kl", lambda: broken)
+    with pytest.warns(RuntimeWarning, match="training eagerly instead.*No working C\\+\\+ compiler"):
+        result = bake(tiny_model_dir, PROMPT, tmp_path / "a", FAST.replace(compile=True, epochs=1), progress=False)
+    assert result.metrics["compiled"] is False
+    assert result.eval_kl_after < result.eval_kl_before

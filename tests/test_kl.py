@@ -91,3 +91,43 @@ def test_student_prefix_sharing_matches_plain_forward_and_gradients(tiny):
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
     student.unload()
+
+
+def test_compiled_training_step_matches_eager(tiny_model_dir):
+    """The bake trains with compiled decoder layers and KL (baker/compiling.py): same loss and
+    gradients as the eager, prefix-shared step, and the evaluations can still run eagerly."""
+    from peft import LoraConfig, get_peft_model
+
+    from baker.compiling import compile_layers, compiled_kl, decoder_layers, eager, uncompile
+
+    model, tok = load_model(tiny_model_dir, attn_implementation="eager")
+    t_ctx, gens = _data(tok, "Be a pirate.")
+    s_ctx, _ = _data(tok, None)
+    teacher = sequence_logprobs(model, t_ctx, gens, tok.pad_token_id, store="float32")
+    student = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"],
+                                               init_lora_weights=False))
+    assert len(decoder_layers(student)) == 2
+
+    def step(**kw):
+        kl = batch_kl(student, s_ctx, gens, teacher, tok.pad_token_id, "float32", **kw)
+        kl.sum().backward()
+        out = kl.detach(), [p.grad.clone() for p in student.parameters() if p.requires_grad]
+        student.zero_grad()
+        return out
+
+    ref = step()
+    layers = compile_layers(student)
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    got = step(share_prefix=False, kl_fn=compiled_kl())
+    torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+    # another batch shape, against the eager run of the same compiled model
+    short = dict(contexts=s_ctx[:2], gens=[g[:-1] for g in gens[:2]], teacher=[t[:-1] for t in teacher[:2]],
+                 pad=tok.pad_token_id, dtype="float32")
+    kl = batch_kl(student, **short, share_prefix=False, kl_fn=compiled_kl())
+    with eager():
+        plain = batch_kl(student, **short)
+    torch.testing.assert_close(kl.detach(), plain.detach(), atol=1e-4, rtol=1e-4)
+    uncompile(layers)
+    assert all(layer._compiled_call_impl is None for layer in layers)
