@@ -55,12 +55,13 @@ def main():
     ap.add_argument("--config", default=None, help="BakeConfig JSON overrides")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--naive-budget-min", type=float, default=40.0, help="0 skips the naive loop")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="bake this many seeds (config seed, +1, ...) and report their spread; "
+                         "the naive loop runs against the first")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "bake.json"))
     args = ap.parse_args()
 
-    from baker import BakeConfig, bake
-    from baker.baking import TRAJECTORIES_FILE
-    from baker.generate import compare_answers
+    from baker import BakeConfig
     from baker.models import resolve_model
 
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
@@ -68,6 +69,50 @@ def main():
     model_dir = resolve_model(args.model, Path(args.home))
     config = BakeConfig.from_dict(json.loads(args.config)) if args.config else BakeConfig()
     out_dir = Path(args.home) / "adapters" / "bench-headlines"
+
+    seeds = [config.seed + i for i in range(args.seeds)]
+    reports = [bake_and_measure(model_dir, rows, prompt, config.replace(seed=s), out_dir) for s in seeds]
+    report = reports[0]
+    m, trajs = report.pop("_metrics"), report.pop("_trajectories")
+    if len(seeds) > 1:  # the 20-question recall moves by +-0.1 between seeds: report the spread
+        for r in reports[1:]:
+            r.pop("_metrics"), r.pop("_trajectories")
+        keys = ("kl_ratio", "recall_ratio", "drift_kl", "bake_seconds", "kl_floor_ratio")
+        report["seeds"] = [{"seed": s, **{k: r[k] for k in keys}, "recall": r["recall"]} for s, r in zip(seeds, reports)]
+        report["over_seeds"] = {k: {"mean": sum(r[k] or 0 for r in reports) / len(reports),
+                                    "min": min(r[k] or 0 for r in reports), "max": max(r[k] or 0 for r in reports)}
+                                for k in keys}
+        print(json.dumps({"seeds": report["seeds"], "over_seeds": report["over_seeds"]}, indent=1))
+    bake_s = report["bake_seconds"]
+
+    if args.naive_budget_min > 0:
+        report["naive"] = run_naive(model_dir, prompt, trajs, config, m, args.naive_budget_min)
+        report["speedup"] = report["naive"]["seconds"] / bake_s
+        report["speedup_is_lower_bound"] = not report["naive"]["reached_target"]
+        print(json.dumps({"naive": {k: v for k, v in report["naive"].items() if k != "epochs"},
+                          "speedup": report["speedup"],
+                          "speedup_is_lower_bound": report["speedup_is_lower_bound"]}, indent=1))
+
+    report["targets"] = TARGETS
+    over = report.get("over_seeds", {})  # several seeds: quality on the mean, time on the slowest
+    report["meets"] = {
+        "kl_ratio": over.get("kl_ratio", {}).get("mean", report["kl_ratio"]) <= TARGETS["kl_ratio_max"],
+        "recall_ratio": over.get("recall_ratio", {}).get("mean", report["recall_ratio"] or 0) >= TARGETS["recall_ratio_min"],
+        "bake_seconds": over.get("bake_seconds", {}).get("max", bake_s) <= TARGETS["bake_seconds_max"],
+        "speedup": report.get("speedup", 0) >= TARGETS["speedup_min"] if "speedup" in report else None,
+    }
+    print(json.dumps({"meets": report["meets"]}))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+def bake_and_measure(model_dir, rows, prompt, config, out_dir) -> dict:
+    """One bake of the headlines prompt and everything measured on it (the bake's metrics and
+    trajectories are returned under private keys for the naive loop)."""
+    from baker import bake
+    from baker.baking import TRAJECTORIES_FILE
+    from baker.generate import compare_answers
 
     t = time.perf_counter()
     result = bake(model_dir, prompt, out_dir, config)
@@ -96,32 +141,14 @@ def main():
         "recall": rec, "recall_ratio": rec["baked"] / rec["prompted"] if rec["prompted"] else None,
         "bench_questions_among_contexts": leaked,
         "recall_baked_without_those": recall_without(rows, answers, "baked", leaked),
-        "bake_seconds": bake_s, "phases_s": m["timings"], "epochs": m["epochs"],
-        "trajectories": m["trajectories"], "tokens": m["tokens"],
+        "bake_seconds": bake_s, "phases_s": m["timings"], "compiled": m.get("compiled"),
+        "epochs": m["epochs"], "trajectories": m["trajectories"], "tokens": m["tokens"],
         "trained_tokens_per_second": m["trained_tokens_per_second"], "peak_rss_mib": rss,
-        "answers": answers,
+        "answers": answers, "_metrics": m, "_trajectories": trajs,
     }
-    print(json.dumps({k: v for k, v in report.items() if k not in ("answers", "config", "epochs")}, indent=1))
-
-    if args.naive_budget_min > 0:
-        report["naive"] = run_naive(model_dir, prompt, trajs, config, m, args.naive_budget_min)
-        report["speedup"] = report["naive"]["seconds"] / bake_s
-        report["speedup_is_lower_bound"] = not report["naive"]["reached_target"]
-        print(json.dumps({"naive": {k: v for k, v in report["naive"].items() if k != "epochs"},
-                          "speedup": report["speedup"],
-                          "speedup_is_lower_bound": report["speedup_is_lower_bound"]}, indent=1))
-
-    report["targets"] = TARGETS
-    report["meets"] = {
-        "kl_ratio": report["kl_ratio"] <= TARGETS["kl_ratio_max"],
-        "recall_ratio": (report["recall_ratio"] or 0) >= TARGETS["recall_ratio_min"],
-        "bake_seconds": bake_s <= TARGETS["bake_seconds_max"],
-        "speedup": report.get("speedup", 0) >= TARGETS["speedup_min"] if "speedup" in report else None,
-    }
-    print(json.dumps({"meets": report["meets"]}))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("answers", "config", "epochs")
+                      and not k.startswith("_")}, indent=1))
+    return report
 
 
 def reorder_floor(model_dir, rows, held: list[dict], config: dict, seed: int = 1) -> float:

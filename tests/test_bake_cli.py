@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from agent.cli import cli
 
-FAST = ["--epochs", "1", "--max-new-tokens", "6", "--sampler", "hf", "--quiet"]
+FAST = ["--epochs", "1", "--max-new-tokens", "6", "--sampler", "hf", "--no-compile", "--quiet"]
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def run():
 def fast_config(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"generic_contexts": 6, "self_questions": 0, "batch_size": 4, "rank": 2,
-                               "compute_dtype": "float32", "compile": False}))
+                               "compute_dtype": "float32"}))
     return cfg
 
 
@@ -31,7 +31,9 @@ def test_bake_then_generate(run, tiny_model_dir, tmp_path, fast_config):
     r = run("bake", prompt, "-o", out, "--model", tiny_model_dir, "--config", fast_config, *FAST)
     assert r.exit_code == 0, r.output
     assert "held-out KL" in r.output and (out / "bake.json").is_file()
-    assert json.loads((out / "bake.json").read_text())["config"]["generic_contexts"] == 6
+    record = json.loads((out / "bake.json").read_text())
+    assert record["config"]["generic_contexts"] == 6  # from the file
+    assert record["config"]["compile"] is False and record["compiled"] is False  # from --no-compile
 
     q = tmp_path / "q.jsonl"
     q.write_text('{"id": 1, "prompt": "Hi"}\n\n{"id": "b", "prompt": "What color is grass?"}\n')

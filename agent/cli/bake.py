@@ -29,6 +29,8 @@ def config_options(f):
         click.option("--max-new-tokens", type=int, help="Tokens per trajectory."),
         click.option("--seed", type=int, help="Random seed."),
         click.option("--sampler", type=click.Choice(["auto", "vllm", "hf"]), help="Trajectory sampler."),
+        click.option("--compile/--no-compile", "compile", default=None,
+                     help="torch.compile the training step (default on; eager if it fails)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
