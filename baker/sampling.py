@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -75,18 +74,12 @@ class HFSampler:
 
 
 class VLLMSampler:
-    """vLLM's offline engine (CPU or GPU build). One engine per sampler; `close()` frees it.
-
-    On CPU the engine runs inside this process (`in_process`): vLLM's default engine and worker
-    processes each re-import torch and vLLM, which on a 2-core machine took 20 s of start-up and 5 s
-    of shutdown against 7 s and 1 s in-process, and sampled ~20% slower. On a GPU it keeps its own
-    processes, whose exit is the only sure way to hand all of the device's memory back to training.
-    """
+    """vLLM's offline engine (CPU or GPU build). One engine per sampler; `close()` frees it."""
 
     name = "vllm"
 
     def __init__(self, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096,
-                 dtype: str = "bfloat16", kv_cache_gib: float = 2.0, in_process: bool | None = None):
+                 dtype: str = "bfloat16", kv_cache_gib: float = 2.0):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the CLI's output readable
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) <= 4:  # vLLM's CPU "auto" binding keeps one core for its scheduler: on a
@@ -105,22 +98,14 @@ class VLLMSampler:
                 raise BakeError(f"adapter rank {r} exceeds vLLM's largest max_lora_rank {_VLLM_RANKS[-1]}")
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max_rank)
             self.lora = LoRARequest("adapter", 1, str(Path(adapter_dir).resolve()))
-        if in_process is None:
-            in_process = not torch.cuda.is_available()
-        if in_process:
-            kwargs["distributed_executor_backend"] = "uni"
-        threads = torch.get_num_threads()
         try:
-            with _env(VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_process else None):
-                self.llm = LLM(
-                    model=str(model_dir), seed=seed, dtype=dtype, enforce_eager=True,
-                    max_model_len=max_model_len, kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
-                    disable_log_stats=True, **kwargs,
-                )
+            self.llm = LLM(
+                model=str(model_dir), seed=seed, dtype=dtype, enforce_eager=True,
+                max_model_len=max_model_len, kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
+                disable_log_stats=True, **kwargs,
+            )
         except Exception as e:
             raise BakeError(f"vLLM could not start on {model_dir}: {e}") from e
-        finally:
-            torch.set_num_threads(threads)  # the in-process worker may change the process's threads
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int,
                  temperature: float | None = None, n: int = 1, use_adapter: bool = True) -> list[list[int]]:
@@ -138,21 +123,6 @@ class VLLMSampler:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
-
-
-@contextmanager
-def _env(**values: str | None):
-    """Set environment variables (None: leave as is) for the duration of the block."""
-    old = {k: os.environ.get(k) for k, v in values.items() if v is not None}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:
