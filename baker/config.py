@@ -26,7 +26,10 @@ class BakeConfig:
     # (20-headline bench, one run each: lr 5e-3 -> KL ratio 0.61, 2e-3 -> 0.37, 3e-3 -> 0.38; LoRA+
     # with B at 4x lr -> 0.78: faster updates mostly push the generic answers away from the teacher)
     lr_b_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): the B matrices learn at lr x this
-    epochs: int = 6  # passes over the training trajectories; a checkpoint after each one
+    # (20-headline bench, recall of the baked model / the prompted one, one value per bake:
+    # 6 epochs 0.62x 0.38x 0.43x 0.50x, 8 epochs 0.54x 0.62x 0.43x, 10 epochs 0.83x 0.67x 0.69x
+    # 0.64x 0.57x 0.57x; the compiled training step pays for most of the extra epochs: ~290-315 s)
+    epochs: int = 10  # passes over the training trajectories; a checkpoint after each one
     batch_size: int = 8  # trajectories per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping
     seed: int = 0  # one seed for context choice, sampling and LoRA init
