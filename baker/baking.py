@@ -224,24 +224,24 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         bar.phase("train", total=total_steps)
         lengths = [len(c) + len(g) for c, g in zip(s_train, train_g)]
         batch_tokens = tokens_per_batch(train_g, config.batch_size)
-        first_step = None  # seconds of the first step (it includes compiling)
+        first_step = None  # seconds of the first step (it includes the compiling)
         for epoch in range(1, config.epochs + 1):
             t_epoch, kl_sum, kl_count = time.perf_counter(), 0.0, 0
             student.train()
             for idx in length_grouped_batches(lengths, config.batch_size, rng):
-                if first_step is None and config.compile:  # compiles; falls back to eager
-                    t_first = time.perf_counter()
-                    try:
-                        kl = train_step(idx)
-                    except Exception as e:  # inductor raises many kinds (no compiler, unsupported op)
-                        compile_failed(e)
-                        uncompile(compiled)
-                        compiled, kl_fn = [], kl_per_position
-                        opt.zero_grad(set_to_none=True)
-                        kl = train_step(idx)
-                    first_step = time.perf_counter() - t_first
-                else:
+                t_step = time.perf_counter()
+                try:
                     kl = train_step(idx)
+                except Exception as e:  # inductor raises many kinds (no compiler, unsupported op)
+                    if not config.compile or kl_fn is kl_per_position:
+                        raise
+                    compile_failed(e)  # then the same step, eagerly
+                    uncompile(compiled)
+                    compiled, kl_fn = [], kl_per_position
+                    opt.zero_grad(set_to_none=True)
+                    kl = train_step(idx)
+                if first_step is None:
+                    first_step = time.perf_counter() - t_step
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 opt.step()
                 sched.step()

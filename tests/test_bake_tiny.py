@@ -156,12 +156,20 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_model_dir, 
 
 
 def test_a_failing_compile_falls_back_to_eager_training(tiny_model_dir, tmp_path, monkeypatch):
-    def broken(*a, **k):
-        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+    from baker.kl import kl_per_position
+
+    calls = []
+
+    def fails_on_a_new_shape(*a, **k):  # as a recompile for a new batch shape could, mid-epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return kl_per_position(*a, **k)
 
     monkeypatch.setattr(bake_mod, "compile_layers", lambda model: [])  # keep the test fast
-    monkeypatch.setattr(bake_mod, "compiled_kl", lambda: broken)
+    monkeypatch.setattr(bake_mod, "compiled_kl", lambda: fails_on_a_new_shape)
     with pytest.warns(RuntimeWarning, match="training eagerly instead.*No working C\\+\\+ compiler"):
         result = bake(tiny_model_dir, PROMPT, tmp_path / "a", FAST.replace(compile=True, epochs=1), progress=False)
+    assert len(calls) == 2  # every later step ran eagerly
     assert result.metrics["compiled"] is False
     assert result.eval_kl_after < result.eval_kl_before
