@@ -233,7 +233,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
                 try:
                     kl = train_step(idx)
                 except Exception as e:  # inductor raises many kinds (no compiler, unsupported op)
-                    if not config.compile or kl_fn is kl_per_position:
+                    if kl_fn is kl_per_position:  # already eager: a real error
                         raise
                     compile_failed(e)  # then the same step, eagerly
                     uncompile(compiled)

@@ -71,12 +71,10 @@ def main():
     out_dir = Path(args.home) / "adapters" / "bench-headlines"
 
     seeds = [config.seed + i for i in range(args.seeds)]
-    reports = [bake_and_measure(model_dir, rows, prompt, config.replace(seed=s), out_dir) for s in seeds]
-    report = reports[0]
-    m, trajs = report.pop("_metrics"), report.pop("_trajectories")
+    runs = [bake_and_measure(model_dir, rows, prompt, config.replace(seed=s), out_dir) for s in seeds]
+    reports = [r for r, _, _ in runs]
+    report, m, trajs = runs[0]  # the naive loop runs against the first seed's bake
     if len(seeds) > 1:  # the 20-question recall moves by +-0.1 between seeds: report the spread
-        for r in reports[1:]:
-            r.pop("_metrics"), r.pop("_trajectories")
         keys = ("kl_ratio", "recall_ratio", "drift_kl", "bake_seconds", "kl_floor_ratio")
         report["seeds"] = [{"seed": s, **{k: r[k] for k in keys}, "recall": r["recall"]} for s, r in zip(seeds, reports)]
         report["over_seeds"] = {k: {"mean": sum(r[k] or 0 for r in reports) / len(reports),
@@ -107,9 +105,9 @@ def main():
     print(f"wrote {args.out}")
 
 
-def bake_and_measure(model_dir, rows, prompt, config, out_dir) -> dict:
-    """One bake of the headlines prompt and everything measured on it (the bake's metrics and
-    trajectories are returned under private keys for the naive loop)."""
+def bake_and_measure(model_dir, rows, prompt, config, out_dir) -> tuple[dict, dict, list[dict]]:
+    """One bake of the headlines prompt and everything measured on it: (report, the bake's
+    metrics, its trajectories), the last two for the naive loop."""
     from baker import bake
     from baker.baking import TRAJECTORIES_FILE
     from baker.generate import compare_answers
@@ -144,11 +142,10 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir) -> dict:
         "bake_seconds": bake_s, "phases_s": m["timings"], "compiled": m.get("compiled"),
         "epochs": m["epochs"], "trajectories": m["trajectories"], "tokens": m["tokens"],
         "trained_tokens_per_second": m["trained_tokens_per_second"], "peak_rss_mib": rss,
-        "answers": answers, "_metrics": m, "_trajectories": trajs,
+        "answers": answers,
     }
-    print(json.dumps({k: v for k, v in report.items() if k not in ("answers", "config", "epochs")
-                      and not k.startswith("_")}, indent=1))
-    return report
+    print(json.dumps({k: v for k, v in report.items() if k not in ("answers", "config", "epochs")}, indent=1))
+    return report, m, trajs
 
 
 def reorder_floor(model_dir, rows, held: list[dict], config: dict, seed: int = 1) -> float:
