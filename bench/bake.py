@@ -21,6 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "headlines.jsonl"
+# 60 more questions about the same headlines (three per headline, asking for other parts of it),
+# written for this bench: 20 questions move by +-0.1 between seeds of one setting.
+MORE = ROOT / "bench" / "data" / "headline_questions.jsonl"
 
 TARGETS = {"kl_ratio_max": 0.10, "recall_ratio_min": 0.9, "bake_seconds_max": 300, "speedup_min": 5.0}
 
@@ -29,17 +32,19 @@ def headlines_prompt(rows: list[dict]) -> str:
     return "Recent news:\n" + "\n".join(f"{r['date']}: {r['headline']}" for r in rows)
 
 
-def recall(rows: list[dict], answers: list[dict], key: str) -> float:
-    qs = [q for r in rows for q in r["questions"]]
-    hits = sum(any(a.lower() in ans[key].lower() for a in q["answer"]) for q, ans in zip(qs, answers))
-    return hits / len(qs)
+def questions_of(rows: list[dict], tag: str = "") -> list[dict]:
+    """One {"id", "prompt", "answer"} per question: id "h01.0" (or "h01.m0" with tag "m")."""
+    return [{"id": f"{r['id']}.{tag}{i}", "prompt": q["q"], "answer": q["answer"]}
+            for r in rows for i, q in enumerate(r["questions"])]
 
 
-def recall_without(rows: list[dict], answers: list[dict], key: str, skip: list[str]) -> float | None:
-    kept = [(r, a) for r in rows for a in answers if a["id"].split(".")[0] == r["id"] and a["id"] not in skip]
-    hits = sum(any(x.lower() in a[key].lower() for x in r["questions"][int(a["id"].split(".")[1])]["answer"])
-               for r, a in kept)
-    return hits / len(kept) if kept else None
+def recall(questions: list[dict], answers: list[dict], key: str) -> float:
+    """Share of the questions whose answer under `key` contains one of their keywords."""
+    by_id = {a["id"]: a[key].lower() for a in answers}
+    hits = sum(any(k.lower() in by_id[q["id"]] for k in q["answer"]) for q in questions)
+    return hits / len(questions)
+
+
 
 
 def peak_rss_mib() -> dict:
@@ -54,6 +59,8 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--config", default=None, help="BakeConfig JSON overrides")
     ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--more-questions", default=str(MORE),
+                    help="more questions about the headlines (JSONL: id, questions); '' for none")
     ap.add_argument("--naive-budget-min", type=float, default=40.0, help="0 skips the naive loop")
     ap.add_argument("--seeds", type=int, default=1,
                     help="bake this many seeds (config seed, +1, ...) and report their spread; "
@@ -71,12 +78,15 @@ def main():
     out_dir = Path(args.home) / "adapters" / "bench-headlines"
 
     seeds = [config.seed + i for i in range(args.seeds)]
-    runs = [bake_and_measure(model_dir, rows, prompt, config.replace(seed=s), out_dir) for s in seeds]
+    more = [json.loads(line) for line in Path(args.more_questions).read_text().splitlines()
+            if line.strip()] if args.more_questions else []
+    runs = [bake_and_measure(model_dir, rows, prompt, config.replace(seed=s), out_dir, more) for s in seeds]
     reports = [r for r, _, _ in runs]
     report, m, trajs = runs[0]  # the naive loop runs against the first seed's bake
     if len(seeds) > 1:  # the 20-question recall moves by +-0.1 between seeds: report the spread
-        keys = ("kl_ratio", "recall_ratio", "drift_kl", "bake_seconds", "kl_floor_ratio")
-        report["seeds"] = [{"seed": s, **{k: r[k] for k in keys}, "recall": r["recall"]} for s, r in zip(seeds, reports)]
+        keys = ("kl_ratio", "recall_ratio", "recall_more_ratio", "drift_kl", "bake_seconds", "kl_floor_ratio")
+        report["seeds"] = [{"seed": s, **{k: r[k] for k in keys}, "recall": r["recall"], "recall_more": r["recall_more"]}
+                           for s, r in zip(seeds, reports)]
         report["over_seeds"] = {k: {"mean": sum(r[k] or 0 for r in reports) / len(reports),
                                     "min": min(r[k] or 0 for r in reports), "max": max(r[k] or 0 for r in reports)}
                                 for k in keys}
@@ -105,7 +115,7 @@ def main():
     print(f"wrote {args.out}")
 
 
-def bake_and_measure(model_dir, rows, prompt, config, out_dir) -> tuple[dict, dict, list[dict]]:
+def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] = ()) -> tuple[dict, dict, list[dict]]:
     """One bake of the headlines prompt and everything measured on it: (report, the bake's
     metrics, its trajectories), the last two for the naive loop."""
     from baker import bake
@@ -118,15 +128,17 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir) -> tuple[dict, di
     m = result.metrics
     rss = peak_rss_mib()
 
-    questions = [{"id": f"{r['id']}.{i}", "prompt": q["q"]} for r in rows for i, q in enumerate(r["questions"])]
+    questions, extra = questions_of(rows), questions_of(more, "m")
     runs = {"base": (None, False), "prompted": (prompt, False), "baked": (None, True)}
-    answers = compare_answers(model_dir, questions, runs, adapter_dir=out_dir, max_new_tokens=30)
-    rec = {k: recall(rows, answers, k) for k in runs}
+    answers = compare_answers(model_dir, [{"id": q["id"], "prompt": q["prompt"]} for q in questions + extra],
+                              runs, adapter_dir=out_dir, max_new_tokens=30)
+    rec = {k: recall(questions, answers, k) for k in runs}
+    rec_more = {k: recall(extra, answers, k) for k in runs} if extra else None
     # Leakage check: the bake never sees the bench's questions, but the questions the model writes
     # about each headline can coincide with them; count the verbatim (case-insensitive) repeats.
     trajs = [json.loads(line) for line in (out_dir / TRAJECTORIES_FILE).read_text().splitlines()]
     seen = {t["context"].strip().lower() for t in trajs}
-    leaked = sorted(q["id"] for q in questions if q["prompt"].strip().lower() in seen)
+    leaked = sorted(q["id"] for q in questions + extra if q["prompt"].strip().lower() in seen)
 
     floor = reorder_floor(model_dir, rows, [t for t in trajs if t["split"] == "heldout"], m["config"])
 
@@ -138,7 +150,10 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir) -> tuple[dict, di
         "eval_kl_by_source": m.get("eval_kl_by_source"),
         "recall": rec, "recall_ratio": rec["baked"] / rec["prompted"] if rec["prompted"] else None,
         "bench_questions_among_contexts": leaked,
-        "recall_baked_without_those": recall_without(rows, answers, "baked", leaked),
+        "recall_baked_without_those": recall([q for q in questions if q["id"] not in leaked], answers, "baked")
+        if len(leaked) < len(questions) else None,
+        "recall_more": rec_more,
+        "recall_more_ratio": rec_more["baked"] / rec_more["prompted"] if rec_more and rec_more["prompted"] else None,
         "bake_seconds": bake_s, "phases_s": m["timings"], "compiled": m.get("compiled"),
         "epochs": m["epochs"], "trajectories": m["trajectories"], "tokens": m["tokens"],
         "trained_tokens_per_second": m["trained_tokens_per_second"], "peak_rss_mib": rss,
