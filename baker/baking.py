@@ -179,7 +179,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     from peft import LoraConfig, get_peft_model
 
     student = get_peft_model(model, LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout, bias="none",
         target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
     s_train = [student_ctx[c] for c in train_c]
     s_held = [student_ctx[c] for c in held_c]

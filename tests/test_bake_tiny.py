@@ -155,6 +155,14 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_model_dir, 
     assert all(p.shape[1] == cfg.rank for p in b["params"])  # B is (out, r)
 
 
+def test_lora_dropout_reaches_the_adapter(tiny_model_dir, tmp_path):
+    cfg = FAST.replace(epochs=1, lora_dropout=0.2, checkpoints=False)
+    result = bake(tiny_model_dir, PROMPT, tmp_path / "a", cfg, progress=False)
+    assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["lora_dropout"] == 0.2
+    assert result.metrics["config"]["lora_dropout"] == 0.2
+    assert result.eval_kl_after < result.eval_kl_before
+
+
 def test_a_failing_compile_falls_back_to_eager_training(tiny_model_dir, tmp_path, monkeypatch):
     from baker.kl import kl_per_position
 
