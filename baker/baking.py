@@ -31,6 +31,7 @@ from .config import BakeConfig
 from .contexts import (Context, clean_self_questions, generic_requests, probe_questions,
                        prompt_items, question_request, split)
 from .errors import BakeError, PromptError
+from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
 from .kl import batch_kl, grouped_kl, kl_per_position, mean_kl, sequence_logprobs
 from .models import context_length, load_model, weights_hash
@@ -78,6 +79,7 @@ def check_prompt(prompt: str, tokenizer, max_len: int, config: BakeConfig, conte
     return n_prompt
 
 
+@exit_on_sigterm()  # `kill` unwinds like Ctrl-C: the sampler's processes stop, the temp dir goes
 def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
          config: BakeConfig | None = None, user_contexts: list[str] | None = None,
          progress: bool = True, parent: str | os.PathLike | None = None) -> BakeResult:

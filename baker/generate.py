@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .chat import chat_ids
 from .errors import AdapterError, BakeError
+from .interrupt import exit_on_sigterm
 from .models import context_length
 from .sampling import open_sampler
 
@@ -55,6 +56,7 @@ def generate_answers(model_dir, items: list[dict], adapter_dir=None, system: str
     return compare_answers(model_dir, items, runs, adapter_dir, max_new_tokens, sampler, seed)
 
 
+@exit_on_sigterm()  # `kill` shuts vLLM's engine processes down instead of orphaning them
 def compare_answers(model_dir, items: list[dict], runs: dict[str, tuple[str | None, bool]],
                     adapter_dir=None, max_new_tokens: int = 64, sampler: str = "auto",
                     seed: int = 0) -> list[dict]:

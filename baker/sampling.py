@@ -98,14 +98,20 @@ class VLLMSampler:
                 raise BakeError(f"adapter rank {r} exceeds vLLM's largest max_lora_rank {_VLLM_RANKS[-1]}")
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max_rank)
             self.lora = LoRARequest("adapter", 1, str(Path(adapter_dir).resolve()))
+        before = _child_pids()
         try:
             self.llm = LLM(
                 model=str(model_dir), seed=seed, dtype=dtype, enforce_eager=True,
                 max_model_len=max_model_len, kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
                 disable_log_stats=True, **kwargs,
             )
-        except Exception as e:
-            raise BakeError(f"vLLM could not start on {model_dir}: {e}") from e
+        except BaseException as e:
+            # Interrupted or failed mid start-up, vLLM can leave its engine process running (seen
+            # after a SIGTERM during start-up: an orphaned EngineCore holding ~600 MB)
+            _kill_children_except(before)
+            if isinstance(e, Exception):
+                raise BakeError(f"vLLM could not start on {model_dir}: {e}") from e
+            raise
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int,
                  temperature: float | None = None, n: int = 1, use_adapter: bool = True) -> list[list[int]]:
@@ -123,6 +129,23 @@ class VLLMSampler:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _kill_children_except(keep: set[int]) -> None:
+    import psutil
+
+    for p in psutil.Process().children(recursive=True):
+        if p.pid not in keep:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
 
 
 def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:
