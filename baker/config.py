@@ -18,8 +18,8 @@ class BakeConfig:
     alpha: float = 32.0  # LoRA alpha; the update is scaled by alpha / rank
     target_modules: tuple[str, ...] = ATTENTION + MLP  # attention and MLP projections
     # (20-headline bench, seed 0: dropout 0.1 -> recall 10/20 and 18/60 more questions against
-    # 8-9/20 and 14-17/60 for three bakes at 0, same KL ratio 0.40, but training ran at 108 trained tok/s against
-    # ~330 without it (compiled, first step 59 s; not profiled further), so it is off by default)
+    # 8-9/20 and 14-17/60 for three bakes at 0, same KL ratio 0.40; but training ran at 108
+    # trained tok/s against ~330 without it (compiled, first step 59 s; not profiled further))
     lora_dropout: float = 0.0  # dropout on the LoRA input during training (the paper: 0)
     # optimisation (Adam; 3e-4 converges ~4x faster than the paper's 1e-4 in later findings)
     # (measured on the 20-headline bench, SmolLM2-135M: at lr 1e-3 x 4 epochs the baked model

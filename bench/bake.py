@@ -45,8 +45,6 @@ def recall(questions: list[dict], answers: list[dict], key: str) -> float:
     return hits / len(questions)
 
 
-
-
 def peak_rss_mib() -> dict:
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
