@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 
+import psutil
 import torch
 
 from .errors import BakeError
@@ -98,7 +100,7 @@ class VLLMSampler:
                 raise BakeError(f"adapter rank {r} exceeds vLLM's largest max_lora_rank {_VLLM_RANKS[-1]}")
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max_rank)
             self.lora = LoRARequest("adapter", 1, str(Path(adapter_dir).resolve()))
-        before = _child_pids()
+        before = _children()
         try:
             self.llm = LLM(
                 model=str(model_dir), seed=seed, dtype=dtype, enforce_eager=True,
@@ -108,7 +110,9 @@ class VLLMSampler:
         except BaseException as e:
             # Interrupted or failed mid start-up, vLLM can leave its engine process running (seen
             # after a SIGTERM during start-up: an orphaned EngineCore holding ~600 MB)
-            _kill_children_except(before)
+            for p in _children() - before:
+                with suppress(psutil.Error):  # it may have exited meanwhile
+                    p.kill()
             if isinstance(e, Exception):
                 raise BakeError(f"vLLM could not start on {model_dir}: {e}") from e
             raise
@@ -131,21 +135,9 @@ class VLLMSampler:
             llm.llm_engine.engine_core.shutdown()
 
 
-def _child_pids() -> set[int]:
-    import psutil
-
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-def _kill_children_except(keep: set[int]) -> None:
-    import psutil
-
-    for p in psutil.Process().children(recursive=True):
-        if p.pid not in keep:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+def _children() -> set[psutil.Process]:
+    """This process's descendants (psutil processes: equal only if pid and start time match)."""
+    return set(psutil.Process().children(recursive=True))
 
 
 def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:

@@ -49,12 +49,12 @@ def test_a_handler_the_caller_installed_is_left_alone():
 def test_a_killed_bake_stops_vllm_and_leaves_nothing(smollm2_dir, tmp_path):
     (tmp_path / "prompt.txt").write_text(PROMPT)
     out = tmp_path / "out"
-    log = open(tmp_path / "bake.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from agent.cli import cli; cli()", "bake", str(tmp_path / "prompt.txt"),
-         "-o", str(out), "--home", str(tmp_path / "home"), "--model", str(smollm2_dir),
-         "--sampler", "vllm", "--epochs", "1"],
-        stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "bake.log", "w") as log:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from agent.cli import cli; cli()", "bake", str(tmp_path / "prompt.txt"),
+             "-o", str(out), "--home", str(tmp_path / "home"), "--model", str(smollm2_dir),
+             "--sampler", "vllm", "--epochs", "1"],
+            stdout=log, stderr=subprocess.STDOUT)
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 240
     children: dict[int, psutil.Process] = {}
