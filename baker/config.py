@@ -55,7 +55,8 @@ class BakeConfig:
     self_questions: int = 6  # questions sampled per prompt line from the model (few-shot)
     # (20-headline bench, one bake each, recall on 20 + 60 questions: training every probe and
     # holding out the same cues reworded -> 7 + 15; sampling 4 per probe and keeping the one that
-    # names the probed span (54% of single samples do) -> 9 + 16; defaults 8 + 17)
+    # names the probed span (54% of single samples do) -> 9 + 16; each context's teacher seeing
+    # the headlines in one of 4 orders -> 9 + 18 and 7 + 12 (seeds 0, 1); defaults 8 + 17)
     probe_questions: bool = True  # questions derived from each line of the prompt
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
