@@ -23,6 +23,7 @@ from .errors import (
     UnknownMemory,
     UnknownTenant,
 )
+from .jobs import ACTIVE_STATES, JOB_STATES, Check, Job, JobStore, UnknownJob
 from .store import (
     ADAPTER_STATUSES,
     DB_FILENAME,
@@ -43,5 +44,5 @@ __all__ = [
     "approx_tokens", "content_hash",
     "FeedError", "InvalidInput", "MemoryStoreError", "MigrationError", "StateError",
     "StoreUnavailable", "UnknownAdapter", "UnknownEpisode", "UnknownFeed", "UnknownMemory",
-    "UnknownTenant",
+    "UnknownTenant", "ACTIVE_STATES", "JOB_STATES", "Check", "Job", "JobStore", "UnknownJob",
 ]

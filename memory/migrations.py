@@ -183,3 +183,39 @@ def m004_feeds(db: Database) -> None:
         PRIMARY KEY (feed_id, key)
     ) STRICT, WITHOUT ROWID
     """)
+
+
+@migration
+def m005_runtime_jobs(db: Database) -> None:
+    """The runtime's bake jobs (a small state machine per row) and per-memory verification checks."""
+    _run(db, """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(name),
+        kind TEXT NOT NULL CHECK (kind IN ('bake', 'consolidate')),
+        state TEXT NOT NULL DEFAULT 'queued'
+            CHECK (state IN ('queued', 'running', 'paused', 'done', 'rejected', 'failed')),
+        memory_ids TEXT NOT NULL DEFAULT '[]',   -- JSON: the memories this bake takes
+        parent_version TEXT,                     -- the served version it is baked on (NULL: base)
+        version TEXT,                            -- the version it published, if any
+        reason TEXT,                             -- why it failed / was rejected / was requeued
+        result TEXT,                             -- JSON: timings, gate figures, graduated ids
+        pid INTEGER,                             -- the worker's process (group) while it runs
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        updated_at TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX jobs_by_state ON jobs(state, tenant);
+    CREATE TABLE memory_checks (
+        id INTEGER PRIMARY KEY,
+        memory_id INTEGER NOT NULL REFERENCES memories(id),
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        purpose TEXT NOT NULL CHECK (purpose IN ('graduate', 'recheck', 'forgotten')),
+        passed INTEGER NOT NULL CHECK (passed IN (0, 1)),
+        detail TEXT,                             -- JSON: questions, expected spans, answers
+        at TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX memory_checks_by_memory ON memory_checks(memory_id, id)
+    """)

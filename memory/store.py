@@ -28,6 +28,7 @@ from .errors import (
     UnknownMemory,
     UnknownTenant,
 )
+from .jobs import JobStore
 from .migrations import migrate
 
 DB_FILENAME = "bakehouse.db"
@@ -176,6 +177,7 @@ class MemoryStore:
         except BaseException:
             self.db.close()
             raise
+        self.jobs = JobStore(self)
 
     @classmethod
     def in_home(cls, home: str | Path, **kwargs) -> MemoryStore:
