@@ -39,6 +39,14 @@ class TenantError(ServingError):
     code = "tenant_error"
 
 
+class BadRequest(ServingError):
+    """A request body the gateway cannot forward."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
 class AuthError(ServingError):
     """Missing or wrong API key."""
 

@@ -31,24 +31,20 @@ from .config import ServeConfig
 from .engine import Engine
 from .errors import (
     AuthError,
+    BadRequest,
     EngineUnavailable,
     ModelNotFound,
     RegistryError,
     ServingError,
     TenantError,
 )
+from .hot import hot_path, hot_text, read_hot, with_hot_prompt
 from .registry import Registry, Version
 from .tenants import TenantStore, authenticate, key_index
 
 log = logging.getLogger("bakehouse.serving.gateway")
 STATUS_FILE = "gateway.json"
 _FORWARDED = ("/v1/chat/completions", "/v1/completions")
-
-
-class BadRequest(ServingError):
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_request"
 
 
 class Gateway:
@@ -78,7 +74,9 @@ class Gateway:
         self.last_request = 0.0  # time.time() of the last request start or end
         self.requests = 0
         self._synced_epoch = 0
-        self._stamps: tuple = (None, None)
+        self._stamps: tuple = (None, None, None)
+        self.hot: dict[str, dict[str, str]] = {}  # tenant -> served name -> hot prompt (hot.py)
+        self.on_request: list = []  # callables run as each request starts (the runtime pauses bakes)
         self._name_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
@@ -148,7 +146,7 @@ class Gateway:
 
     def _refresh_files(self, force: bool = False) -> bool:
         """Re-read tenants.json / registry.json if they changed; True if the registry did."""
-        t_stamp, r_stamp = self.tenants.stamp(), self.registry.stamp()
+        t_stamp, r_stamp, h_stamp = self.tenants.stamp(), self.registry.stamp(), _stamp(hot_path(self.home))
         changed = False
         if force or t_stamp != self._stamps[0]:
             try:
@@ -166,7 +164,12 @@ class Gateway:
                 changed = True
             except RegistryError as e:
                 log.error("keeping the previous registry: %s", e)
-        self._stamps = (t_stamp, r_stamp)
+        if force or h_stamp != self._stamps[2]:
+            try:
+                self.hot = read_hot(self.home)
+            except ServingError as e:
+                log.error("keeping the previous hot prompts: %s", e)
+        self._stamps = (t_stamp, r_stamp, h_stamp)
         return changed
 
     async def _poll_loop(self) -> None:
@@ -224,7 +227,7 @@ class Gateway:
     def _reread_pointer(self, tenant: str) -> None:
         t = self.registry.load().get(tenant)
         self._desired[tenant] = t.versions[t.current] if t and t.current is not None else None
-        self._stamps = (self._stamps[0], self.registry.stamp())
+        self._stamps = (self._stamps[0], self.registry.stamp(), self._stamps[2])
 
     def _route(self, tenant: str, name: str | None) -> None:
         old = self.routes.get(tenant)
@@ -332,10 +335,13 @@ class Gateway:
         if not self.ready:
             raise EngineUnavailable("the inference engine is (re)starting", retry_after=5)
         name = self.resolve(tenant, body.get("model"))
+        body = with_hot_prompt(body, path, hot_text(self.hot, tenant, name))
         body["model"] = name
         body["cache_salt"] = tenant  # no prefix-cache timing channel between tenants on the base
         stream = bool(body.get("stream"))
 
+        for hook in self.on_request:
+            hook(tenant)
         # Count before the first await: the retire step can never unload a version mid-request.
         self.inflight[name] += 1
         self.requests += 1
@@ -444,6 +450,14 @@ def create_app(gateway: Gateway) -> FastAPI:
         )
 
     return app
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def read_status(home: Path) -> dict | None:

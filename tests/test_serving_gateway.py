@@ -272,3 +272,45 @@ def test_is_idle(gw):
     assert not gateway.is_idle(5) and gateway.is_idle(0)
     time.sleep(0.2)
     assert gateway.is_idle(0.1)
+
+
+def test_hot_prompt_goes_before_the_callers_system_message_per_served_version(gw, home, tiny_model_dir, tiny_adapters):
+    from serving.hot import write_hot
+
+    client, gateway, fake, _, keys = gw
+    write_hot(home, {"alice": {"*": {"text": "ALL MEMORIES"}, "base": {"text": "BASE HOT"},
+                               "alice@v1": {"text": "V1 HOT"}}})
+    _wait(lambda: gateway.hot.get("alice", {}).get("base") == "BASE HOT")
+    _chat(client, keys["alice"])
+    assert fake.bodies[-1]["messages"] == [{"role": "system", "content": "BASE HOT"},
+                                           {"role": "user", "content": "hi"}]
+    client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {keys['alice']}"},
+                json={"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
+    assert fake.bodies[-1]["messages"][0] == {"role": "system", "content": "BASE HOT\n\nBe brief."}
+    _chat(client, keys["bob"])  # a tenant without hot memories is sent as it asked
+    assert fake.bodies[-1]["messages"] == [{"role": "user", "content": "hi"}]
+
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    _chat(client, keys["alice"])
+    assert fake.bodies[-1]["messages"][0]["content"] == "V1 HOT"  # what v1's weights lack
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[1])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v2")
+    _chat(client, keys["alice"])  # a version the runtime has not described yet: every memory
+    assert fake.bodies[-1]["messages"][0]["content"] == "ALL MEMORIES"
+    r = client.post("/v1/completions", json={"prompt": "Q:"}, headers={"Authorization": f"Bearer {keys['alice']}"})
+    assert r.status_code == 200 and fake.bodies[-1]["prompt"] == "ALL MEMORIES\n\nQ:"
+    r = client.post("/v1/completions", json={"prompt": [1, 2, 3]}, headers={"Authorization": f"Bearer {keys['alice']}"})
+    assert r.status_code == 400 and "token ids" in r.json()["error"]["message"]
+
+
+def test_a_corrupt_hot_file_keeps_the_previous_prompts(gw, home):
+    from serving.hot import hot_path, write_hot
+
+    client, gateway, fake, _, keys = gw
+    write_hot(home, {"alice": {"*": {"text": "KEEP ME"}}})
+    _wait(lambda: gateway.hot.get("alice"))
+    hot_path(home).write_text("{not json")
+    time.sleep(0.2)
+    _chat(client, keys["alice"])
+    assert fake.bodies[-1]["messages"][0]["content"] == "KEEP ME"
