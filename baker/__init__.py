@@ -1,7 +1,7 @@
 """Prompt Baking: prompts into LoRA weights. Imports nothing else of bakehouse's."""
 from .baking import BAKE_FILE, BakeResult, bake
 from .config import BakeConfig
-from .errors import AdapterError, BakeError, ConfigError, ModelError, PromptError
+from .errors import AdapterError, BakeError, ConfigError, ModelError, OutputError, PromptError
 
 __all__ = ["bake", "BakeConfig", "BakeResult", "BAKE_FILE", "BakeError", "ConfigError",
-           "PromptError", "ModelError", "AdapterError"]
+           "PromptError", "ModelError", "AdapterError", "OutputError"]

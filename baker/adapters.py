@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import AdapterError
+from .outputs import prepare_output, replace_output, temp_dir
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -42,35 +42,34 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     return config, tensors
 
 
-def _write_adapter(out: str | os.PathLike, config: dict, tensors: dict, extra: dict | None = None) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+def _write_adapter(out: str | os.PathLike, config: dict, tensors: dict, extra: dict, force: bool = False) -> Path:
+    """Write the adapter (kind `extra["kind"]`, recorded in bake.json) to `out`. An existing `out`
+    is replaced only if bakehouse wrote it, another kind only with `force` (baker/outputs.py)."""
+    kind = extra["kind"]
+    out = prepare_output(out, kind, force)
+    tmp = temp_dir(out)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-        if extra is not None:
-            (tmp / "bake.json").write_text(json.dumps(extra, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        (tmp / "bake.json").write_text(json.dumps(extra, indent=2))
+        replace_output(tmp, out, kind, force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def scale_adapter(src: str | os.PathLike, out: str | os.PathLike, strength: float) -> Path:
+def scale_adapter(src: str | os.PathLike, out: str | os.PathLike, strength: float, force: bool = False) -> Path:
     """Half-bake: write an adapter whose update is `strength` × the update of `src`."""
     if not (strength >= 0):
         raise AdapterError(f"strength must be >= 0, got {strength!r}")
     config, tensors = read_adapter(src)
     scaled = {k: (v * strength if "lora_B" in k else v) for k, v in tensors.items()}
     return _write_adapter(out, config, scaled, {"kind": "half-baked", "source": str(Path(src).resolve()),
-                                                "strength": strength})
+                                                "strength": strength}, force)
 
 
 def stack_adapters(layers: list[str | os.PathLike], out: str | os.PathLike,
-                   weights: list[float] | None = None) -> Path:
+                   weights: list[float] | None = None, force: bool = False) -> Path:
     """One adapter whose update is exactly Σ wᵢ·ΔWᵢ of `layers` (rank = Σ rᵢ)."""
     if not layers:
         raise AdapterError("nothing to stack")
@@ -95,4 +94,4 @@ def stack_adapters(layers: list[str | os.PathLike], out: str | os.PathLike,
     config = dict(read[0][0], r=rank, lora_alpha=rank)  # scale alpha/r = 1: the B's carry the scales
     config.pop("rank_pattern", None), config.pop("alpha_pattern", None)
     return _write_adapter(out, config, stacked, {"kind": "stack", "layers": [str(Path(p).resolve()) for p in layers],
-                                                  "weights": weights, "rank": rank})
+                                                  "weights": weights, "rank": rank}, force)

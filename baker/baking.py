@@ -18,7 +18,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
 from .kl import batch_kl, grouped_kl, kl_per_position, mean_kl, sequence_logprobs
 from .models import context_length, load_model, weights_hash
+from .outputs import prepare_output, replace_output, temp_dir
 from .sampling import open_sampler
 
 BAKE_FILE = "bake.json"
@@ -82,7 +82,8 @@ def check_prompt(prompt: str, tokenizer, max_len: int, config: BakeConfig, conte
 @exit_on_sigterm()  # `kill` unwinds like Ctrl-C: the sampler's processes stop, the temp dir goes
 def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
          config: BakeConfig | None = None, user_contexts: list[str] | None = None,
-         progress: bool = True, parent: str | os.PathLike | None = None) -> BakeResult:
+         progress: bool = True, parent: str | os.PathLike | None = None, force: bool = False,
+         exclude_contexts: list[str] | None = None) -> BakeResult:
     """Bake `prompt` into a LoRA adapter on the base model at `model_dir`, written to `out_dir`.
 
     With `parent` (an adapter, e.g. a stack of earlier layers) this is sequential baking,
@@ -91,7 +92,9 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
 
     `out_dir` receives a plain PEFT adapter (loads with `PeftModel.from_pretrained` and in vLLM),
     `bake.json` (config, hashes, per-epoch metrics, timings) and `checkpoints/epoch-N/` adapters.
-    Nothing appears at `out_dir` unless the bake completes.
+    Nothing appears at `out_dir` unless the bake completes. An existing `out_dir` is replaced only
+    if it is a bakehouse bake (or, with `force`, another bakehouse output): anything else is
+    refused up front with an OutputError, before the minutes of work (see baker/outputs.py).
     """
     config = config or BakeConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -99,7 +102,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     timings: dict[str, float] = {}
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    _check_writable(out_dir)
+    prepare_output(out_dir, "bake", force)
 
     # Load the base once: it is the teacher (with the prompt) and, with LoRA, the student.
     # In bf16 mode the frozen base is stored in bf16: autocast would otherwise re-cast every frozen
@@ -143,6 +146,9 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
                 decoded = [tok.decode(g, skip_special_tokens=True) for g in texts[j * n:(j + 1) * n]]
                 contexts += [Context(q, "self") for q in clean_self_questions(decoded, item)]
             contexts = list({c.text: c for c in contexts}.values())  # a question may repeat a probe
+        if exclude_contexts:  # questions kept for a verifier: never trained on, never evaluated
+            skip = set(exclude_contexts)
+            contexts = [c for c in contexts if c.text not in skip]
         train_ctx, held_ctx = split(contexts, config.heldout_fraction, config.seed)
         timings["contexts"] = time.perf_counter() - t
 
@@ -220,7 +226,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         (kl.sum() / batch_tokens).backward()
         return kl.detach()
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir(out_dir)
     epochs: list[dict] = []
     try:
         bar.phase("train", total=total_steps)
@@ -305,7 +311,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             for split_name, cs, gs in (("train", train_c, train_g), ("heldout", held_c, held_g)):
                 for c, g in zip(cs, gs):
                     fh.write(json.dumps({"split": split_name, "source": c.source, "context": c.text, "gen": g}) + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_output(tmp, out_dir, "bake", force)
     finally:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -351,29 +357,6 @@ def warmup_cosine(total: int, warmup_frac: float = 0.05, floor: float = 0.1):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-def _check_writable(out_dir: Path) -> None:
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BakeError(f"cannot create output directory {parent}: {e}") from e
-    if not os.access(parent, os.W_OK):
-        raise BakeError(f"output directory {parent} is not writable")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BakeError(f"output path {out_dir} exists and is not a directory")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place; an existing output is replaced only at the end."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def _versions() -> dict:

@@ -19,3 +19,8 @@ class ModelError(BakeError):
 
 class AdapterError(BakeError):
     """An adapter directory is missing, corrupt or does not fit the base model."""
+
+
+class OutputError(BakeError):
+    """The output path holds something a command may not replace (a foreign folder, a file, or a
+    bakehouse output of another kind without --force); the message names the path."""

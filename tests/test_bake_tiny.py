@@ -65,7 +65,7 @@ def test_interrupted_bake_leaves_nothing_and_keeps_the_previous_output(tiny_mode
     work = tmp_path / "work"
     out = work / "adapter"
     out.mkdir(parents=True)
-    (out / "marker").write_text("previous bake")
+    (out / "bake.json").write_text('{"note": "previous bake"}')  # a bakehouse output: may be replaced
     calls = {"n": 0}
     real = bake_mod.batch_kl
 
@@ -78,7 +78,7 @@ def test_interrupted_bake_leaves_nothing_and_keeps_the_previous_output(tiny_mode
     monkeypatch.setattr(bake_mod, "batch_kl", interrupt)
     with pytest.raises(KeyboardInterrupt):
         bake(tiny_model_dir, PROMPT, out, FAST, progress=False)
-    assert (out / "marker").read_text() == "previous bake"
+    assert (out / "bake.json").read_text() == '{"note": "previous bake"}'
     assert sorted(p.name for p in work.iterdir()) == ["adapter"]  # no temp dir left behind
 
 

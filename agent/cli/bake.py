@@ -43,6 +43,12 @@ def build_config(config_file=None, **overrides) -> BakeConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
+def force_option(f):
+    return click.option("--force", is_flag=True,
+                        help="Replace an existing bakehouse output of another kind; never a folder "
+                             "bakehouse did not write.")(f)
+
+
 def read_prompt(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -59,11 +65,12 @@ def read_prompt(path: str) -> str:
 @click.option("--parent", type=click.Path(file_okay=False),
               help="Bake on top of this adapter (sequential baking); the output is the new layer.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@force_option
 @model_option
 @config_options
 @home_option
 @domain_errors(BakeError)
-def bake_cmd(prompt_file, output, contexts_file, parent, quiet, model, home, config_file, **overrides):
+def bake_cmd(prompt_file, output, contexts_file, parent, quiet, force, model, home, config_file, **overrides):
     """Bake the prompt in PROMPT_FILE into a LoRA adapter.
 
     Example usage:
@@ -79,7 +86,8 @@ def bake_cmd(prompt_file, output, contexts_file, parent, quiet, model, home, con
     prompt = read_prompt(prompt_file)
     user = read_user_contexts(contexts_file) if contexts_file else None
     model_dir = resolve_model(model, home)
-    result = bake(model_dir, prompt, output, config, user_contexts=user, progress=not quiet, parent=parent)
+    result = bake(model_dir, prompt, output, config, user_contexts=user, progress=not quiet, parent=parent,
+                  force=force)
     m = result.metrics
     click.echo(
         f"baked {m['prompt_tokens']} prompt tokens into {result.adapter_dir} in {m['timings']['total']:.0f}s: "
@@ -93,11 +101,12 @@ def bake_cmd(prompt_file, output, contexts_file, parent, quiet, model, home, con
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
 @click.option("--rounds", default=2, show_default=True, type=int, help="Bake rounds.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@force_option
 @model_option
 @config_options
 @home_option
 @domain_errors(BakeError)
-def pursue_cmd(prompt_file, output, rounds, quiet, model, home, config_file, **overrides):
+def pursue_cmd(prompt_file, output, rounds, quiet, force, model, home, config_file, **overrides):
     """Prompt Pursuit: bake, re-prompt the baked model, bake again; the rounds are stacked.
 
     Example usage:
@@ -108,7 +117,8 @@ def pursue_cmd(prompt_file, output, rounds, quiet, model, home, config_file, **o
     from baker.pursuit import pursue
 
     config = build_config(config_file, **overrides)
-    results = pursue(resolve_model(model, home), read_prompt(prompt_file), output, rounds, config, not quiet)
+    results = pursue(resolve_model(model, home), read_prompt(prompt_file), output, rounds, config, not quiet,
+                     force=force)
     for k, r in enumerate(results, 1):
         click.echo(f"round {k}: held-out KL {r.eval_kl_before:.4f} -> {r.eval_kl_after:.4f}, drift {r.drift_kl:.4f}")
     click.echo(f"stacked {len(results)} rounds into {output}")
@@ -118,9 +128,10 @@ def pursue_cmd(prompt_file, output, rounds, quiet, model, home, config_file, **o
 @click.argument("adapter", type=click.Path(file_okay=False))
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
 @click.option("--strength", required=True, type=float, help="0 = the base, 1 = fully baked.")
+@force_option
 @home_option
 @domain_errors(BakeError)
-def scale_cmd(adapter, output, strength, home):
+def scale_cmd(adapter, output, strength, force, home):
     """Half-bake: an adapter with the prompt's effect scaled by STRENGTH.
 
     Example usage:
@@ -130,15 +141,16 @@ def scale_cmd(adapter, output, strength, home):
     """
     from baker.adapters import scale_adapter
 
-    click.echo(f"wrote {scale_adapter(adapter, output, strength)} (strength {strength})")
+    click.echo(f"wrote {scale_adapter(adapter, output, strength, force=force)} (strength {strength})")
 
 
 @cli.command(name="stack")
 @click.argument("adapters", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
+@force_option
 @home_option
 @domain_errors(BakeError)
-def stack_cmd(adapters, output, home):
+def stack_cmd(adapters, output, force, home):
     """Stack baked layers into one adapter, exactly (ranks add up).
 
     Example usage:
@@ -148,7 +160,7 @@ def stack_cmd(adapters, output, home):
     """
     from baker.adapters import stack_adapters
 
-    out = stack_adapters(list(adapters), output)
+    out = stack_adapters(list(adapters), output, force=force)
     rank = json.loads((out / "adapter_config.json").read_text())["r"]
     click.echo(f"stacked {len(adapters)} layers into {out} (rank {rank})")
 
