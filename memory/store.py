@@ -665,9 +665,11 @@ class MemoryStore:
         count_tokens: Callable[[str], int] | None = None,
         *,
         pending_only: bool = False,
+        exclude: Sequence[int] = (),
     ) -> _compose.Prompt:
         """The tenant's valid memories as one prompt within the token budget (see compose.py).
-        Only this tenant's memories are read; forgotten and superseded ones never appear."""
+        Only this tenant's memories are read; forgotten and superseded ones never appear, nor
+        the ids in `exclude` (e.g. what an adapter version already holds)."""
         self.require_tenant(tenant)
         kinds = _as_list(kinds, KINDS, "kind") or list(KINDS)
         statuses = ["pending"] if pending_only else ["pending", "baked"]
@@ -678,8 +680,9 @@ class MemoryStore:
             " ORDER BY valid_from DESC, id DESC",
             [tenant, json.dumps(statuses), json.dumps(kinds)],
         ).fetchall()
+        skip = set(exclude)
         return _compose.render(
-            [_compose.Item(*r) for r in rows], kinds=kinds, budget_tokens=budget_tokens,
+            [_compose.Item(*r) for r in rows if r[0] not in skip], kinds=kinds, budget_tokens=budget_tokens,
             count_tokens=count_tokens,
         )
 

@@ -55,6 +55,18 @@ def _kill_group(proc: subprocess.Popen, grace: float) -> None:
     _LIVE.discard(proc)
 
 
+def _die_with_parent() -> None:
+    """In the engine process, before exec: SIGTERM it when the process that started it dies (a
+    `kill -9` of the gateway gives no chance to stop it; vLLM shuts its own children down on
+    SIGTERM). Linux only; elsewhere the supervisor's own clean-up is all there is."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -150,6 +162,7 @@ class Engine:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # own process group: we kill the engine core and worker too
+                preexec_fn=_die_with_parent,
             )
         _LIVE.add(self.proc)
         self.state = "starting"

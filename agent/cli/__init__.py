@@ -54,3 +54,4 @@ def cli():
 from . import bake as _bake  # noqa: E402,F401  (registers commands)
 from . import serve as _serve  # noqa: E402,F401
 from . import memory as _memory  # noqa: E402,F401
+from . import run as _run  # noqa: E402,F401

@@ -1,0 +1,116 @@
+"""`bakehouse run` (serve + learn) and `bakehouse status`: thin layers over agent.runtime."""
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+
+from baker.errors import BakeError
+from memory import MemoryStoreError
+from serving.config import VLLM_LORA_RANKS
+from serving.errors import ServingError
+
+from . import cli, domain_errors, home_option
+
+
+@cli.command()
+@click.option("--port", default=8100, show_default=True, help="Gateway port (the one users talk to).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Gateway bind address.")
+@click.option("--model", "model_opt", default=None, help="Base model dir (default: the embedded SmolLM2).")
+@click.option("--idle-seconds", default=30.0, show_default=True,
+              help="Bake (or resume a paused bake) after this long without a request.")
+@click.option("--hot-budget", default=1500, show_default=True, help="Tokens of memories in each tenant's system prompt.")
+@click.option("--feed-minutes", default=15.0, show_default=True, help="How often every feed is polled.")
+@click.option("--min-batch", default=1, show_default=True, help="Hot memories a tenant needs before a bake ...")
+@click.option("--max-wait", default=600.0, show_default=True, help="... unless its oldest has waited this long (s).")
+@click.option("--max-batch", default=20, show_default=True, help="Memories per bake.")
+@click.option("--max-tries", default=3, show_default=True, help="Failed graduations before a memory stays hot for good.")
+@click.option("--max-lora-rank", default="64", show_default=True, type=click.Choice([str(r) for r in VLLM_LORA_RANKS]),
+              help="A stack that would exceed it is consolidated into one layer.")
+@click.option("--max-layers", default=4, show_default=True, help="Layers before consolidation.")
+@click.option("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
+@click.option("--no-pause", is_flag=True, help="Let bakes run while requests are served.")
+@click.option("--kv-cache-gib", default=1.0, show_default=True, help="vLLM KV cache size (GiB of RAM).")
+@home_option
+@domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
+def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch, max_wait, max_batch,
+        max_tries, max_lora_rank, max_layers, epochs, no_pause, kv_cache_gib, home):
+    """Serve every tenant and keep learning: memories are answered from the system prompt at once,
+    baked into a new LoRA layer in idle time, verified, and swapped in.
+
+    Runs vLLM + the gateway + a scheduler (feeds, bakes) until Ctrl-C / SIGTERM. One per home.
+
+    Example usage:
+
+        bakehouse run --port 8100 --idle-seconds 30
+        bakehouse remember --tenant alice "The ship is called the Marigold."   # answerable at once
+        bakehouse status
+    """
+    from baker.models import resolve_model
+
+    from ..runtime import RuntimeConfig
+    from ..runtime.runtime import Runtime
+
+    log_path = home / "runtime" / "logs" / "runtime.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=[logging.FileHandler(log_path), _ConsoleEvents()])
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    overrides = {"epochs": epochs} if epochs else {}
+    cfg = RuntimeConfig(home=home, model_dir=resolve_model(model_opt, home), host=host, port=port,
+                        idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,
+                        min_batch=min_batch, max_wait=max_wait, max_batch=max_batch, max_tries=max_tries,
+                        max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
+                        kv_cache_gib=kv_cache_gib, bake_overrides=overrides)
+    click.echo(f"bakehouse run: gateway on http://{host}:{port}, base model {cfg.model_dir.name}; "
+               f"logs in {log_path.parent}")
+    Runtime(cfg).run()
+
+
+class _ConsoleEvents(logging.StreamHandler):
+    """One line per runtime event on the terminal; vLLM and library chatter stay in the log file."""
+
+    def __init__(self):
+        super().__init__()
+        self.setLevel(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        self.addFilter(lambda r: r.name.startswith("bakehouse") or r.levelno >= logging.ERROR)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@home_option
+@domain_errors(ServingError, MemoryStoreError)
+def status(as_json, home):
+    """Engine and gateway health, and per tenant: hot memories and tokens, baked memories, the
+    served version and its layers, the last bake and the queued or running jobs.
+
+    Example usage:
+
+        bakehouse status
+        bakehouse status --json | jq .tenants.alice
+    """
+    from ..runtime.status import collect
+
+    st = collect(home)
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    rt, gw = st["runtime"], st["gateway"]
+    click.echo(f"runtime: {'pid ' + str(rt['pid']) if rt else 'not running'}"
+               + (f", bake job {rt['bake']['job']} ({rt['bake']['tenant']}, "
+                  f"{'paused' if rt['bake']['paused'] else 'running'})" if rt and rt.get("bake") else ""))
+    click.echo(f"gateway: {'ready' if gw and gw['ready'] else 'not ready' if gw else 'not running'}"
+               + (f" on port {gw['port']}, engine {gw['engine']['state']}, {gw['requests']} requests" if gw else ""))
+    if not st["tenants"]:
+        click.echo("no tenants with memories")
+    for name, t in st["tenants"].items():
+        lb = t["last_bake"]
+        last = "-" if lb is None else (f"job {lb['job']} {lb['state']} {lb['graduated']}/{lb['tried']} graduated"
+                                       + (f" ({lb['reason']})" if lb["reason"] and lb["state"] != "done" else ""))
+        jobs = ", ".join(f"{j['id']} {j['state']}" for j in t["jobs"]) or "-"
+        tokens = "" if t["hot_tokens"] is None else f" ({t['hot_tokens']} tokens)"
+        click.echo(f"{name}: {t['hot_memories']} hot{tokens}, {t['baked_memories']} baked, serving "
+                   f"{t['version']} ({t['layers']} layers, rank {t['rank']}); last bake: {last}; "
+                   f"jobs: {jobs}")

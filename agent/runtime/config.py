@@ -1,0 +1,57 @@
+"""The runtime's settings: one typed dataclass, defaults sized for a 2-core CPU box."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RuntimeConfig:
+    home: Path
+    model_dir: Path
+    host: str = "127.0.0.1"  # gateway bind address
+    port: int = 8100  # gateway port
+    hot_budget: int = 1500  # tokens of memories sent in the system prompt per tenant
+    idle_seconds: float = 30.0  # a bake starts (or resumes) after this long without a request
+    min_batch: int = 1  # hot memories a tenant needs before a bake ...
+    max_wait: float = 600.0  # ... unless its oldest hot memory has waited this long (s)
+    max_batch: int = 20  # memories per bake (oldest first)
+    max_tries: int = 3  # failed graduations before a memory stays hot for good
+    max_lora_rank: int = 64  # a stack that would exceed it is consolidated into one layer
+    max_layers: int = 4  # ... and so is one that would have more layers than this
+    concurrent_bakes: int = 1  # one at a time on a small CPU
+    retry_after_failure: float = 300.0  # s before a tenant whose bake crashed is planned again
+    gate_recheck: float = 1.0  # share of earlier graduated memories a new version must still hold
+    gate_general: float = 0.9  # share of the base's right general answers a new version must keep
+    pause_bakes: bool = True  # SIGSTOP the bake while requests are served
+    feed_minutes: float = 15.0  # how often every feed is polled
+    tick_seconds: float = 1.0  # planner period
+    hot_seconds: float = 0.25  # how often the hot tier looks for new memories
+    bake_overrides: dict = field(default_factory=dict)  # BakeConfig fields for every bake
+    max_loras: int = 8
+    kv_cache_gib: float = 1.0
+    max_model_len: int = 2048
+    sampler: str = "auto"  # the bake worker's sampler (tests: "hf")
+
+    def __post_init__(self):
+        self.home, self.model_dir = Path(self.home), Path(self.model_dir)
+        for name in ("hot_budget", "min_batch", "max_batch", "max_tries", "max_layers", "concurrent_bakes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("idle_seconds", "max_wait", "retry_after_failure", "feed_minutes"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("gate_recheck", "gate_general"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+
+    @property
+    def work_dir(self) -> Path:
+        """Bake jobs' scratch space (swept at every start)."""
+        return self.home / "runtime" / "work"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["home"], d["model_dir"] = str(self.home), str(self.model_dir)
+        return d

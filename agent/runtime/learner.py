@@ -1,0 +1,283 @@
+"""The learning loop: plan a bake in idle time, run it in its own process, gate it, publish it,
+graduate what the weights hold; roll back when a held memory is forgotten or superseded.
+
+Every step is recorded in the memory DB (jobs, per-memory checks, the bake ledger) before the
+next one, so a crash anywhere leaves a state the next start can read: a job that was running is
+queued again, and a version is only ever recorded once the registry serves it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from memory import Job, MemoryStore
+from serving.errors import ServingError
+from serving.registry import Registry
+
+from .bakes import BakeProcess
+from .config import RuntimeConfig
+from .hot import HotTier, held
+from .planner import HotMemory, Limits, TenantState, next_bake
+
+log = logging.getLogger("bakehouse.runtime")
+
+
+class Learner:
+    def __init__(self, cfg: RuntimeConfig, store: MemoryStore, idle_for: Callable[[], float],
+                 count_tokens: Callable[[str], int] | None = None):
+        from baker import BakeConfig
+
+        self.cfg, self.store, self.idle_for = cfg, store, idle_for
+        self.registry = Registry(cfg.home)
+        self.hot = HotTier(cfg.home, store, cfg.hot_budget, count_tokens)
+        self.bake_config = BakeConfig.from_dict({"sampler": cfg.sampler, **cfg.bake_overrides})
+        self.limits = Limits(idle_seconds=cfg.idle_seconds, min_batch=cfg.min_batch, max_wait=cfg.max_wait,
+                             max_batch=cfg.max_batch, max_tries=cfg.max_tries, layer_rank=self.bake_config.rank,
+                             max_lora_rank=cfg.max_lora_rank, max_layers=cfg.max_layers,
+                             retry_after_failure=cfg.retry_after_failure)
+        self.proc: BakeProcess | None = None
+        self._crashed: dict[str, float] = {}  # tenant -> time.time() of its last crashed bake
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def recover(self) -> list[Job]:
+        """At start: jobs a dead runtime left running go back to the queue; scratch is swept."""
+        shutil.rmtree(self.cfg.work_dir, ignore_errors=True)
+        again = self.store.jobs.requeue_interrupted()
+        self.hot.sync(force=True)
+        return again
+
+    def stop(self) -> None:
+        """Stop a running bake; its job is queued again for the next start."""
+        if self.proc is not None:
+            self.proc.kill()
+            self._requeue(self.proc.job_id, "the runtime stopped during the bake")
+            self.proc = None
+
+    def _requeue(self, job_id: int, reason: str) -> None:
+        job = self.store.jobs.get(job_id)
+        if job.state in ("running", "paused"):
+            self.store.jobs.move(job_id, "queued", reason=reason)
+
+    # -- serving comes first -----------------------------------------------------------------
+
+    def on_request(self, tenant: str | None = None) -> None:
+        """A request arrived: stop competing for the cores at once (called on the request path)."""
+        if self.proc is not None and self.cfg.pause_bakes:
+            self.proc.pause()
+
+    def _pace(self) -> None:
+        p = self.proc
+        if p.paused and self.idle_for() >= self.cfg.idle_seconds:
+            p.resume()
+        state = "paused" if p.paused else "running"
+        if self.store.jobs.get(p.job_id).state != state:
+            self.store.jobs.move(p.job_id, state)
+
+    # -- the tick ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One planner step (APScheduler runs it every `tick_seconds`, one at a time)."""
+        self.hot.sync()
+        self.roll_back_invalidated()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self._pace()
+                return
+            self._finish(self.proc)
+            self.proc = None
+            self.hot.sync(force=True)
+        job = self._next_job()
+        if job is not None:
+            self._start(job)
+
+    def _next_job(self) -> Job | None:
+        queued = self.store.jobs.list(states=("queued",))
+        if queued:
+            return queued[0] if self.idle_for() >= self.cfg.idle_seconds else None
+        plan = next_bake(self.tenant_states(), self.idle_for(), self.limits)
+        if plan is None:
+            return None
+        log.info("planning a %s for %s: %s", plan.kind, plan.tenant, plan.why)
+        return self.store.jobs.create(plan.tenant, plan.kind, plan.memory_ids, plan.parent)
+
+    def tenant_states(self) -> list[TenantState]:
+        state = self.registry.load()
+        now = time.time()
+        out = []
+        for tenant in self.store.tenants():
+            t = state.get(tenant)
+            v = t.versions[t.current] if t and t.current is not None else None
+            holds = held(self.store, tenant, v.name if v else None)
+            hot = [m for m in self.store.memories(tenant, valid_only=True) if m.id not in set(holds)]
+            tries = self.store.jobs.failed_tries([m.id for m in hot])
+            layers = 0
+            if v is not None:
+                try:
+                    layers = self.store.adapter(tenant, v.name).layer + 1
+                except Exception:  # published by hand: one layer we know nothing of
+                    layers = 1
+            crashed = self._crashed.get(tenant)
+            out.append(TenantState(
+                name=tenant,
+                hot=tuple(HotMemory(m.id, now - _ts(m.created_at), tries[m.id]) for m in hot),
+                version=v.name if v else None, rank=v.rank if v else 0, layers=layers, held=holds,
+                since_failure=None if crashed is None else now - crashed))
+        return out
+
+    # -- running a job -------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        t = self.registry.load().get(job.tenant)
+        served = t.versions[t.current] if t and t.current is not None else None
+        if job.kind == "bake" and (served.name if served else None) != job.parent_version:
+            self.store.jobs.move(job.id, "running")
+            self.store.jobs.move(job.id, "failed", reason=f"stale: {job.tenant} now serves "
+                                 f"{served.name if served else 'the base'}, not {job.parent_version}")
+            return
+        mems = [m for m in (self.store.get(i) for i in job.memory_ids) if m.valid]
+        if not mems:
+            self.store.jobs.move(job.id, "running")
+            self.store.jobs.move(job.id, "failed", reason="every memory of the job was forgotten or superseded")
+            return
+        parent = self.registry.version_dir(job.tenant, served.version) if job.kind == "bake" and served else None
+        recheck = []
+        if parent is not None:
+            recheck = [m for m in (self.store.get(i) for i in held(self.store, job.tenant, served.name)) if m.valid]
+        spec = {
+            "model_dir": str(self.cfg.model_dir),
+            "out_dir": str(self.cfg.work_dir / f"job-{job.id}"),
+            "parent": str(parent) if parent else None,
+            "config": self.bake_config.to_dict(),
+            "sampler": self.cfg.sampler,
+            "memories": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in mems],
+            "recheck": [{"id": m.id, "text": m.text} for m in recheck],
+            "forgotten": [{"id": m.id, "text": m.text} for m in self._invalid_ever_held(job.tenant)],
+        }
+        shutil.rmtree(spec["out_dir"], ignore_errors=True)
+        self.proc = BakeProcess(job.id, job.tenant, spec, self.cfg.work_dir, self.cfg.home / "runtime" / "logs")
+        self.store.jobs.move(job.id, "running", pid=self.proc.pid)
+
+    def _invalid_ever_held(self, tenant: str):
+        rows = self.store.db.execute(
+            "SELECT DISTINCT am.memory_id FROM adapter_memories am JOIN adapters a ON a.id = am.adapter_id"
+            " JOIN memories m ON m.id = am.memory_id WHERE a.tenant = ?"
+            " AND (m.status = 'forgotten' OR m.valid_to IS NOT NULL)", [tenant]).fetchall()
+        return [self.store.get(r[0]) for r in rows]
+
+    def _finish(self, p: BakeProcess) -> None:
+        job = self.store.jobs.get(p.job_id)
+        result, error = p.outcome()
+        if result is None:
+            log.error("bake job %d (%s) failed: %s", job.id, job.tenant, error)
+            self._crashed[job.tenant] = time.time()
+            self.store.jobs.move(job.id, "failed", reason=error)
+            return
+        result["timings"].update(wall=time.monotonic() - p.started, paused=p.paused_seconds, pauses=p.pauses)
+        self.publish(job, result)
+
+    def publish(self, job: Job, result: dict) -> str | None:
+        """Gate a finished bake's verification, then publish it and graduate what it holds.
+        Returns the published version's name, or None (the job is rejected, nothing changes)."""
+        rep = result["verify"]
+        items = {int(it["item_id"]): it for it in rep["items"]}
+        recheck = [i for i in items if i not in job.memory_ids]
+        graduated = [i for i in job.memory_ids if items.get(i, {}).get("passed")]
+        kept = [i for i in recheck if items[i]["passed"]]
+        recalled = [int(f["item_id"]) for f in rep.get("forgotten", []) if f["recalled"]]
+        self.store.jobs.record_checks(job.id, [
+            *((i, "graduate", bool(items.get(i, {}).get("passed")), items.get(i, {})) for i in job.memory_ids
+              if i in items),
+            *((i, "recheck", items[i]["passed"], items[i]) for i in recheck),
+            *((int(f["item_id"]), "forgotten", not f["recalled"], f) for f in rep.get("forgotten", [])),
+        ])
+        reasons = []
+        if not graduated:
+            reasons.append("no memory graduated")
+        if recheck and len(kept) < self.cfg.gate_recheck * len(recheck):
+            reasons.append(f"earlier graduated memories lost: {len(recheck) - len(kept)} of {len(recheck)}")
+        general = rep.get("general") or {}
+        if general.get("base_right") and general["kept_fraction"] < self.cfg.gate_general:
+            reasons.append(f"general answers kept {general['kept']}/{general['base_right']} "
+                           f"< {self.cfg.gate_general:.0%}")
+        if recalled:
+            reasons.append(f"forgotten memories still recalled: {recalled}")
+        t = self.registry.load().get(job.tenant)
+        served = t.versions[t.current].name if t and t.current is not None else None
+        if job.kind == "bake" and served != job.parent_version:
+            reasons.append(f"stale: {job.tenant} now serves {served or 'the base'}")
+        summary = {"graduated": graduated, "failed": [i for i in job.memory_ids if i not in graduated],
+                   "recheck_kept": kept, "recheck_lost": [i for i in recheck if i not in kept],
+                   "general": general, "bake": result.get("bake"), "timings": result.get("timings")}
+        if reasons:
+            self.store.jobs.move(job.id, "rejected", reason="; ".join(reasons), result=summary)
+            log.warning("bake job %d (%s) rejected: %s", job.id, job.tenant, "; ".join(reasons))
+            return None
+        try:
+            v = self.registry.publish(job.tenant, Path(result["candidate"]), self.cfg.model_dir,
+                                      self.cfg.max_lora_rank)
+        except ServingError as e:
+            self.store.jobs.move(job.id, "failed", reason=f"publish refused: {e}", result=summary)
+            return None
+        layer = 0
+        if job.kind == "bake" and job.parent_version:
+            try:
+                layer = self.store.adapter(job.tenant, job.parent_version).layer + 1
+            except Exception:
+                layer = 1
+        self.store.record_bake(job.tenant, v.name, memory_ids=sorted(set(kept) | set(graduated)),
+                               prompt_hash=(result.get("bake") or {}).get("prompt_sha256", ""),
+                               parent=job.parent_version if job.kind == "bake" else None, layer=layer,
+                               metrics={"job": job.id, **{k: summary[k] for k in ("general", "bake", "timings")}})
+        self.store.jobs.move(job.id, "done", version=v.name, result=summary)
+        log.info("published %s: %d graduated, %d stay hot", v.name, len(graduated), len(summary["failed"]))
+        return v.name
+
+    # -- forget and supersede reach the weights -----------------------------------------------
+
+    def roll_back_invalidated(self) -> None:
+        """A served version holding a forgotten or superseded memory is replaced at once by the
+        newest version that holds none (or the base); what graduated since returns to the hot
+        tier by itself (hot prompts are per version), and the planner bakes it again."""
+        state = self.registry.load()
+        for tenant, t in state.items():
+            if t.current is None:
+                continue
+            cur = t.versions[t.current]
+            bad = set(held(self.store, tenant, cur.name)) & {m.id for m in self._invalid_ever_held(tenant)}
+            if not bad:
+                continue
+            invalid = {m.id for m in self._invalid_ever_held(tenant)}
+            target = next((v for n, v in sorted(t.versions.items(), reverse=True)
+                           if n != t.current and v.status == "ready"
+                           and self.registry.version_dir(tenant, n).is_dir()
+                           and not set(held(self.store, tenant, v.name)) & invalid), None)
+            if target is not None:
+                self.registry.rollback(tenant, target.version)
+            else:
+                self.registry.unpoint(tenant)
+            self.store.set_adapter_status(tenant, cur.name, "rolled_back",
+                                          reason=f"holds forgotten/superseded memories {sorted(bad)}")
+            if self.proc is not None and self.proc.tenant == tenant:
+                self.proc.kill()
+                self.store.jobs.move(self.proc.job_id, "failed", reason="stale: the tenant was rolled back")
+                self.proc = None
+            log.info("%s: %s held forgotten memories %s; now serving %s", tenant, cur.name, sorted(bad),
+                     target.name if target else "the base")
+            self.hot.sync(force=True)
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).replace(tzinfo=timezone.utc).timestamp()
+
+
+def job_summary(job: Job) -> dict:
+    return {"id": job.id, "kind": job.kind, "state": job.state, "memories": list(job.memory_ids),
+            "parent": job.parent_version, "version": job.version, "reason": job.reason,
+            "attempts": job.attempts, "created_at": job.created_at, "finished_at": job.finished_at,
+            "result": json.loads(json.dumps(job.result))}

@@ -1,0 +1,182 @@
+"""`bakehouse run`: the gateway + vLLM and the learning loop in one supervised process tree.
+
+    main thread      uvicorn: the gateway (it supervises the vLLM engine process group)
+    scheduler thread APScheduler, jobs run one at a time in that thread: the learner's tick
+                     (hot tier, rollbacks, plan / pace / finish a bake), feed polls, status
+    bake process     one job at a time, its own process group (agent/runtime/worker.py)
+
+Ctrl-C / SIGTERM stop all of it: uvicorn shuts the gateway (and vLLM) down, then the scheduler
+stops and a running bake is killed and queued again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from .config import RuntimeConfig
+from .procs import hold_home, record, sweep
+
+log = logging.getLogger("bakehouse.runtime")
+STATUS_FILE = "status.json"
+
+
+class Runtime:
+    def __init__(self, cfg: RuntimeConfig, engine=None, transport=None):
+        from serving.config import ServeConfig
+        from serving.gateway import Gateway
+
+        self.cfg = cfg
+        serve_cfg = ServeConfig(model_dir=cfg.model_dir, host=cfg.host, port=cfg.port,
+                                max_loras=cfg.max_loras, max_cpu_loras=max(32, cfg.max_loras),
+                                max_lora_rank=cfg.max_lora_rank, kv_cache_bytes=int(cfg.kv_cache_gib * (1 << 30)),
+                                max_model_len=cfg.max_model_len)
+        self.gateway = Gateway(serve_cfg, cfg.home, engine=engine, transport=transport)
+        self.gateway.on_request.append(self._on_request)
+        self.learner = None  # made in the scheduler thread (SQLite connections stay in one thread)
+        self.scheduler = None
+        self.started = time.time()
+        self.last_error: str | None = None
+        self._stopping = threading.Event()
+
+    # -- idle time, as the gateway sees it -------------------------------------------------------
+
+    def idle_for(self) -> float:
+        g = self.gateway
+        if sum(g.inflight.values()) > 0 or not g.ready:
+            return 0.0
+        return time.time() - g.last_request
+
+    def _on_request(self, tenant: str) -> None:
+        if self.learner is not None:
+            self.learner.on_request(tenant)
+
+    # -- scheduled jobs (all in the scheduler's one thread) -----------------------------------
+
+    def _learner(self):
+        if self.learner is None:
+            from memory import MemoryStore
+
+            from .learner import Learner
+
+            store = MemoryStore.in_home(self.cfg.home, actor="runtime")
+            self.learner = Learner(self.cfg, store, self.idle_for, count_tokens=_token_counter(self.cfg.model_dir))
+            again = self.learner.recover()
+            if again:
+                log.info("re-queued %d bake job(s) a previous runtime left unfinished", len(again))
+        return self.learner
+
+    def tick(self) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            learner = self._learner()
+            learner.tick()
+            record(self.cfg.home, "bake", learner.proc.pid if learner.proc else None)
+            self.last_error = None
+        except Exception as e:  # the loop must survive anything; the job row says what failed
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.exception("runtime tick")
+        self._write_status()
+
+    def poll_feeds(self) -> None:
+        from memory import feeds
+
+        learner = self._learner()
+        for r in feeds.poll(learner.store):
+            if r.new or r.error:
+                log.info("feed %s (%s): %d new%s", r.feed.source, r.feed.tenant, r.new,
+                         f", error: {r.error}" if r.error else "")
+        learner.hot.sync()
+
+    def _write_status(self) -> None:
+        learner = self.learner
+        engine = self.gateway.engine
+        if engine.pid:
+            record(self.cfg.home, "engine", engine.pid)
+        st = {
+            "pid": os.getpid(), "started": self.started, "updated": time.time(),
+            "config": self.cfg.to_dict(), "last_error": self.last_error,
+            "idle_for": self.idle_for(),
+            "bake": None if learner is None or learner.proc is None else {
+                "job": learner.proc.job_id, "tenant": learner.proc.tenant, "pid": learner.proc.pid,
+                "paused": learner.proc.paused, "pauses": learner.proc.pauses,
+                "paused_seconds": learner.proc.paused_seconds},
+            "hot": {} if learner is None else {
+                t: {"version": h.version, "memories": list(h.memory_ids), "tokens": h.tokens,
+                    "left_out": list(h.left_out)} for t, h in learner.hot.current.items()},
+        }
+        path = self.cfg.home / "runtime" / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(st, default=str))
+        os.replace(tmp, path)
+
+    # -- the whole thing -----------------------------------------------------------------------
+
+    def start_scheduler(self) -> None:
+        from apscheduler.executors.debug import DebugExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        s = BackgroundScheduler(executors={"default": DebugExecutor()},
+                                job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
+        s.add_job(self.tick, "interval", seconds=self.cfg.tick_seconds, id="tick", next_run_time=_now())
+        s.add_job(self.poll_feeds, "interval", minutes=self.cfg.feed_minutes, id="feeds", next_run_time=_now())
+        s.add_job(self._hot_sync, "interval", seconds=self.cfg.hot_seconds, id="hot")
+        s.start()
+        self.scheduler = s
+
+    def _hot_sync(self) -> None:
+        if self.learner is not None and not self._stopping.is_set():
+            try:
+                self.learner.hot.sync()
+            except Exception:
+                log.exception("hot tier")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+            self.scheduler = None
+        if self.learner is not None:
+            self.learner.stop()
+            self.learner.store.close()
+        record(self.cfg.home, "bake", None)
+
+    def run(self, log_level: str = "warning") -> None:
+        """Serve and learn until Ctrl-C / SIGTERM."""
+        import uvicorn
+
+        from serving.gateway import create_app
+
+        with hold_home(self.cfg.home):
+            killed = sweep(self.cfg.home)
+            if killed:
+                log.warning("stopped %d process(es) left by a runtime that did not shut down", len(killed))
+            self.start_scheduler()
+            try:
+                server = uvicorn.Server(uvicorn.Config(create_app(self.gateway), host=self.cfg.host,
+                                                       port=self.cfg.port, log_level=log_level))
+                server.run()
+            finally:
+                self.stop()
+                record(self.cfg.home, "engine", None)
+
+
+def _now():
+    from datetime import datetime
+
+    return datetime.now()
+
+
+def _token_counter(model_dir: Path):
+    """Real token counts for the hot budget (the served model's tokenizer)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    except Exception:  # a model dir without a tokenizer: the store's ~4 chars/token estimate
+        return None
+    return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,75 @@
+"""`bakehouse status`: engine and gateway health and, per tenant, what is hot, what is baked and
+served, and the state of its bake jobs. Read from the files and the DB, so it works whether or
+not a runtime is running (the runtime's own status file adds the live figures)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from memory import MemoryStore
+from serving.gateway import read_status
+from serving.registry import Registry
+
+from .hot import held
+from .runtime import STATUS_FILE
+
+
+def collect(home: Path) -> dict:
+    home = Path(home)
+    gw = read_status(home)
+    live_gw = gw if gw and time.time() - gw.get("updated", 0) < 5 else None
+    try:
+        rt = json.loads((home / "runtime" / STATUS_FILE).read_text())
+        rt = rt if time.time() - rt.get("updated", 0) < 10 else None
+    except (OSError, ValueError):
+        rt = None
+    state = Registry(home).load()
+    out = {
+        "runtime": None if rt is None else {k: rt.get(k) for k in ("pid", "started", "idle_for", "bake", "last_error")},
+        "gateway": None if live_gw is None else {
+            "ready": live_gw["ready"], "port": live_gw["port"], "requests": live_gw["requests"],
+            "inflight": live_gw["inflight"], "engine": live_gw["engine"]},
+        "tenants": {},
+    }
+    with MemoryStore.in_home(home, actor="status") as store:
+        for tenant in store.tenants():
+            t = state.get(tenant)
+            v = t.versions[t.current] if t and t.current is not None else None
+            served = (live_gw or {}).get("routes", {}).get(tenant, "base") if live_gw else (v.name if v else "base")
+            name = v.name if v else None
+            holds = set(held(store, tenant, name))
+            live = store.memories(tenant, valid_only=True)
+            hot = [m for m in live if m.id not in holds]
+            tries = store.jobs.failed_tries([m.id for m in hot])
+            rt_hot = (rt or {}).get("hot", {}).get(tenant)
+            try:
+                layers = store.adapter(tenant, name).layer + 1 if name else 0
+            except Exception:
+                layers = 1
+            jobs = store.jobs.list(tenant)
+            finished = [j for j in jobs if j.state in ("done", "rejected", "failed")]
+            last = finished[-1] if finished else None
+            out["tenants"][tenant] = {
+                "hot_memories": len(hot),
+                "hot_tokens": rt_hot["tokens"] if rt_hot else None,
+                "hot_left_out": rt_hot["left_out"] if rt_hot else [],
+                "stay_hot": [m.id for m in hot if tries[m.id] > 0 and tries[m.id] >= _max_tries(rt)],
+                "baked_memories": len(holds & {m.id for m in live}),
+                "version": served,
+                "pointer": name,
+                "rank": v.rank if v else 0,
+                "layers": layers,
+                "last_bake": None if last is None else {
+                    "job": last.id, "state": last.state, "finished_at": last.finished_at,
+                    "seconds": (last.result.get("timings") or {}).get("wall"),
+                    "graduated": len(last.result.get("graduated", [])),
+                    "tried": len(last.memory_ids), "reason": last.reason, "version": last.version},
+                "jobs": [{"id": j.id, "kind": j.kind, "state": j.state, "memories": len(j.memory_ids)}
+                         for j in jobs if j.active],
+            }
+    return out
+
+
+def _max_tries(rt: dict | None) -> int:
+    return ((rt or {}).get("config") or {}).get("max_tries", 3)

@@ -1,0 +1,294 @@
+"""The learning loop (agent/runtime) on the tiny random Llama: planner, hot-tier invariant,
+graduation and the publish gate, retries, consolidation, forget/rollback, job recovery, pausing.
+
+The bake worker runs for real (its own process, a real bake and a real verification with the
+transformers sampler). A random model never recalls anything, so the tests of what happens when
+memories *do* verify hand `Learner.publish` a verification report; the SmolLM2 integration test
+(test_runtime_integration.py) runs the whole path with real verification."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import psutil
+import pytest
+from serving_helpers import make_adapter
+
+from agent.runtime import RuntimeConfig
+from agent.runtime.hot import held
+from agent.runtime.learner import Learner
+from agent.runtime.planner import HotMemory, Limits, TenantState, next_bake
+from memory import MemoryStore
+from serving.hot import ALL, hot_text, read_hot
+from serving.registry import Registry
+
+TINY_BAKE = dict(epochs=1, generic_contexts=4, self_questions=0, max_new_tokens=6, batch_size=4, rank=4,
+                 compute_dtype="float32", teacher_cache_dtype="float32", compile=False, checkpoints=False)
+
+
+# -- planner (pure) ------------------------------------------------------------------------------
+
+def _t(name, ages, **kw):
+    return TenantState(name, tuple(HotMemory(i, a) for i, a in ages), **kw)
+
+
+def test_planner_waits_for_idle_and_takes_the_oldest_tenant_first():
+    lim = Limits(idle_seconds=30, min_batch=1)
+    tenants = [_t("young", [(1, 5.0)]), _t("old", [(2, 50.0), (3, 1.0)])]
+    assert next_bake(tenants, idle_for=10, limits=lim) is None
+    plan = next_bake(tenants, idle_for=31, limits=lim)
+    assert (plan.tenant, plan.kind, plan.memory_ids, plan.parent) == ("old", "bake", (2, 3), None)
+
+
+def test_planner_min_batch_max_wait_and_tries():
+    lim = Limits(idle_seconds=0, min_batch=3, max_wait=100, max_tries=2)
+    assert next_bake([_t("a", [(1, 10.0), (2, 5.0)])], 1, lim) is None  # 2 < min_batch
+    assert next_bake([_t("a", [(1, 101.0), (2, 5.0)])], 1, lim).memory_ids == (1, 2)  # waited long
+    spent = TenantState("a", (HotMemory(1, 500.0, failed_tries=2),))
+    assert next_bake([spent], 1, lim) is None  # stays hot for good
+    crashed = _t("a", [(1, 500.0)], since_failure=10.0)
+    assert next_bake([crashed], 1, Limits(idle_seconds=0, retry_after_failure=60)) is None
+
+
+def test_planner_layers_on_the_served_stack_then_consolidates():
+    lim = Limits(idle_seconds=0, layer_rank=16, max_lora_rank=64, max_layers=4)
+    t = _t("a", [(9, 1.0)], version="a@v2", rank=32, layers=2, held=(1, 2))
+    assert next_bake([t], 1, lim) == next_bake([t], 1, lim)
+    plan = next_bake([t], 1, lim)
+    assert (plan.kind, plan.parent, plan.memory_ids) == ("bake", "a@v2", (9,))
+    full = _t("a", [(9, 1.0)], version="a@v4", rank=64, layers=4, held=(1, 2, 3))
+    plan = next_bake([full], 1, lim)
+    assert (plan.kind, plan.parent, plan.memory_ids) == ("consolidate", None, (1, 2, 3, 9))
+
+
+# -- the learner ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def learner(home, tiny_model_dir):
+    store = MemoryStore.in_home(home, actor="test")
+    cfg = RuntimeConfig(home=home, model_dir=tiny_model_dir, idle_seconds=0, sampler="hf", max_tries=1,
+                        max_lora_rank=16, max_layers=2, bake_overrides=TINY_BAKE)
+    idle = {"for": 1e9}
+    lr = Learner(cfg, store, lambda: idle["for"])
+    lr.idle = idle
+    lr.recover()
+    yield lr
+    lr.stop()
+    store.close()
+
+
+def _report(passed: dict[int, bool], forgotten: dict[int, bool] = None, kept=10, base_right=10):
+    return {"verify": {
+        "items": [{"item_id": i, "passed": p, "hits": int(p), "asked": 2} for i, p in passed.items()],
+        "forgotten": [{"item_id": i, "recalled": r, "hits": int(r), "asked": 2} for i, r in (forgotten or {}).items()],
+        "general": {"asked": 12, "base_right": base_right, "kept": kept, "kept_fraction": kept / base_right}},
+        "bake": {"prompt_sha256": "x"}, "timings": {}}
+
+
+def _publish(lr, tiny_model_dir, tmp_path, tenant, ids, passed, seed=0, **kw):
+    """A finished bake of `ids` on the served version, verified as `passed` says."""
+    served = Registry(lr.cfg.home).current(tenant)
+    job = lr.store.jobs.create(tenant, "bake", ids, served.name if served else None)
+    lr.store.jobs.move(job.id, "running")
+    result = _report(passed, **kw)
+    result["candidate"] = str(make_adapter(tiny_model_dir, tmp_path / f"cand-{job.id}", seed=seed, r=8))
+    return job.id, lr.publish(lr.store.jobs.get(job.id), result)
+
+
+def _hot(home, tenant):
+    return read_hot(home).get(tenant, {})
+
+
+def test_a_memory_is_hot_at_once_and_leaves_only_for_a_version_that_holds_it(learner, tiny_model_dir, tmp_path):
+    lr, home = learner, learner.cfg.home
+    a = lr.store.add("alice", "fact", "The ship is called the Marigold.")
+    b = lr.store.add("alice", "fact", "The cook is named Ada Brennan.")
+    lr.hot.sync()
+    assert "Marigold" in hot_text(read_hot(home), "alice", "base")
+
+    job_id, name = _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id, b.id], {a.id: True, b.id: False})
+    assert name == "alice@v1" and held(lr.store, "alice", name) == (a.id,)
+    lr.hot.sync()
+    hot = _hot(home, "alice")
+    assert "Marigold" not in hot[name] and "Ada Brennan" in hot[name]  # b failed: it stays hot
+    assert "Marigold" in hot["base"] and "Marigold" in hot[ALL]  # whatever else is served keeps it
+    checks = {c.memory_id: c.passed for c in lr.store.jobs.checks(a.id) + lr.store.jobs.checks(b.id)}
+    assert checks == {a.id: True, b.id: False}
+    assert lr.store.jobs.get(job_id).state == "done" and lr.store.jobs.get(job_id).version == name
+    assert lr.store.jobs.failed_tries([b.id]) == {b.id: 1}
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("nothing", "no memory graduated"),
+    ("recheck", "earlier graduated memories lost"),
+    ("general", "general answers kept"),
+    ("forgotten", "forgotten memories still recalled"),
+])
+def test_the_gate_rejects_and_the_previous_version_keeps_serving(learner, tiny_model_dir, tmp_path, case, reason):
+    lr = learner
+    a = lr.store.add("alice", "fact", "Alpha is the first letter.")
+    _, v1 = _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id], {a.id: True})
+    c = lr.store.add("alice", "fact", "Gamma is the third letter.")
+    passed = {c.id: case != "nothing", a.id: case != "recheck"}
+    kw = {"kept": 5} if case == "general" else {}
+    if case == "forgotten":
+        d = lr.store.add("alice", "fact", "Delta was a letter the user asked us to forget.")
+        lr.store.forget(d.id)
+        kw["forgotten"] = {d.id: True}
+    job_id, name = _publish(lr, tiny_model_dir, tmp_path, "alice", [c.id], passed, seed=1, **kw)
+    job = lr.store.jobs.get(job_id)
+    assert name is None and job.state == "rejected" and reason in job.reason
+    assert Registry(lr.cfg.home).current("alice").name == v1  # nothing published
+
+
+def test_a_real_bake_job_that_verifies_nothing_is_rejected_and_the_memory_stays_hot(learner):
+    lr = learner
+    m = lr.store.add("alice", "fact", "Port authority of Velmora names Ines Tarrago as harbor commissioner.")
+    lr.tick()
+    assert lr.proc is not None and lr.store.jobs.get(lr.proc.job_id).state == "running"
+    job_id = lr.proc.job_id
+    deadline = time.time() + 240
+    while lr.proc is not None and time.time() < deadline:
+        lr.tick()
+        time.sleep(0.5)
+    job = lr.store.jobs.get(job_id)
+    assert job.state == "rejected", (job.state, job.reason)
+    assert "no memory graduated" in job.reason  # a random model recalls nothing
+    assert job.result["general"]["asked"] >= 50 and job.result["timings"]["bake"] > 0
+    assert Registry(lr.cfg.home).current("alice") is None
+    assert "Velmora" in hot_text(read_hot(lr.cfg.home), "alice", "base")
+    assert lr.store.jobs.failed_tries([m.id]) == {m.id: 1}
+    lr.tick()  # max_tries=1: it stays hot for good, no new job is planned
+    assert lr.proc is None and len(lr.store.jobs.list("alice")) == 1
+
+
+def test_forget_rolls_back_to_a_version_without_it_and_its_successors_return_hot(learner, tiny_model_dir, tmp_path):
+    lr, home = learner, learner.cfg.home
+    a = lr.store.add("alice", "fact", "Alpha is the first letter.")
+    _, v1 = _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id], {a.id: True})
+    b = lr.store.add("alice", "fact", "Beta is the second letter.")
+    c = lr.store.add("alice", "fact", "Gamma is the third letter.")
+    _, v2 = _publish(lr, tiny_model_dir, tmp_path, "alice", [b.id, c.id], {a.id: True, b.id: True, c.id: True}, seed=1)
+    assert set(held(lr.store, "alice", v2)) == {a.id, b.id, c.id}
+
+    lr.store.forget(b.id, reason="user asked")
+    lr.tick()
+    reg = Registry(home)
+    assert reg.current("alice").name == v1  # the newest version that does not hold b
+    assert lr.store.adapter("alice", v2).status == "rolled_back"
+    hot = _hot(home, "alice")[v1]
+    assert "Gamma" in hot and "Beta" not in hot and "Alpha" not in hot
+    plan_ids = lr.store.jobs.list("alice", states=("running", "queued"))
+    assert plan_ids and set(plan_ids[-1].memory_ids) == {c.id} and plan_ids[-1].parent_version == v1
+    spec = json.loads((lr.cfg.work_dir / f"job-{plan_ids[-1].id}" / "spec.json").read_text())
+    assert [f["id"] for f in spec["forgotten"]] == [b.id]  # the rebake must show b is gone
+
+    lr.store.forget(a.id)  # v1 holds a: nothing left but the base
+    lr.tick()
+    assert reg.current("alice") is None
+    assert "Gamma" in hot_text(read_hot(home), "alice", "base")
+
+
+def test_the_hot_tier_invariant_holds_at_every_moment(learner, tiny_model_dir, tmp_path):
+    """A reader polling what any served version would get never finds a live memory that is in
+    neither that version's weights nor its hot prompt, across publishes, a rollback and a forget."""
+    lr, home = learner, learner.cfg.home
+    violations, stop = [], threading.Event()
+
+    def watch():
+        with MemoryStore.in_home(home) as store:
+            while not stop.is_set():
+                hot = read_hot(home).get("alice", {})
+                live = store.memories("alice", valid_only=True) if "alice" in store.tenants() else []
+                state = Registry(home).load().get("alice")
+                names = ["base"] + ([v.name for v in state.versions.values()] if state else [])
+                for name in names:
+                    holds = set(held(store, "alice", name if name != "base" else None))
+                    for m in live:
+                        if m.id not in holds and m.text not in hot_text({"alice": hot}, "alice", name):
+                            if m.text in hot_text(read_hot(home), "alice", name):
+                                continue  # the file moved on between the two reads
+                            if any(x.id == m.id and x.valid for x in store.memories("alice", valid_only=True)):
+                                violations.append((name, m.id))
+
+    ids = [lr.store.add("alice", "fact", f"Fact number {i} is about the letter {c}.").id for i, c in enumerate("ABCD")]
+    lr.hot.sync()
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        _publish(lr, tiny_model_dir, tmp_path, "alice", ids[:2], {ids[0]: True, ids[1]: True})
+        lr.hot.sync()
+        _publish(lr, tiny_model_dir, tmp_path, "alice", ids[2:], {i: True for i in ids}, seed=2)
+        lr.hot.sync()
+        lr.store.forget(ids[3])
+        lr.tick()
+        Registry(home).rollback("alice", 1)
+        lr.hot.sync()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join()
+    assert violations == []
+
+
+def test_consolidation_replaces_the_stack_when_it_would_exceed_the_rank(learner, tiny_model_dir, tmp_path):
+    lr = learner  # max_lora_rank 16, layers of rank 4 (TINY_BAKE): a rank-16 stack is full
+    a = lr.store.add("alice", "fact", "Alpha is the first letter.")
+    served = lr.store.jobs.create("alice", "bake", [a.id])
+    lr.store.jobs.move(served.id, "running")
+    result = _report({a.id: True})
+    result["candidate"] = str(make_adapter(tiny_model_dir, tmp_path / "r16", r=16))
+    lr.publish(lr.store.jobs.get(served.id), result)
+    lr.store.add("alice", "fact", "Beta is the second letter.")
+    lr.tick()
+    job = lr.store.jobs.list("alice")[-1]
+    assert job.kind == "consolidate" and job.parent_version is None and a.id in job.memory_ids
+    spec = json.loads((lr.cfg.work_dir / f"job-{job.id}" / "spec.json").read_text())
+    assert spec["parent"] is None and spec["recheck"] == []
+
+
+def test_a_restart_requeues_the_interrupted_job_and_sweeps_its_scratch(home, tiny_model_dir):
+    cfg = RuntimeConfig(home=home, model_dir=tiny_model_dir, idle_seconds=0, sampler="hf", bake_overrides=TINY_BAKE)
+    with MemoryStore.in_home(home) as store:
+        m = store.add("alice", "fact", "The ship is called the Marigold.")
+        job = store.jobs.move(store.jobs.create("alice", "bake", [m.id]).id, "running", pid=123)
+    (cfg.work_dir / f"job-{job.id}" / ".layer.tmp-1-x").mkdir(parents=True)
+    with MemoryStore.in_home(home) as store:
+        lr = Learner(cfg, store, lambda: 1e9)
+        assert [j.id for j in lr.recover()] == [job.id]
+        assert not cfg.work_dir.exists()
+        assert store.jobs.get(job.id).state == "queued" and store.get(m.id).status == "pending"
+        lr.tick()  # the same job runs again
+        assert lr.proc is not None and lr.proc.job_id == job.id
+        lr.stop()
+        assert store.jobs.get(job.id).state == "queued"
+
+
+def test_a_request_pauses_the_bake_process_group_and_idle_resumes_it(learner):
+    lr = learner
+    lr.store.add("alice", "fact", "The ship is called the Marigold.")
+    lr.tick()
+    p = lr.proc
+    time.sleep(2)
+    lr.cfg.idle_seconds, lr.idle["for"] = 5, 0.0  # a request: not idle for 5 s
+    lr.on_request("alice")
+    assert _status_becomes(p.pid, psutil.STATUS_STOPPED)
+    lr.tick()
+    assert lr.store.jobs.get(p.job_id).state == "paused"
+    lr.idle["for"] = 1e9
+    lr.tick()
+    assert _status_becomes(p.pid, psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_DISK_SLEEP)
+    assert lr.store.jobs.get(p.job_id).state == "running" and p.paused_seconds > 0
+    lr.stop()
+    assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _status_becomes(pid, *states, timeout=3.0):
+    """Signals are delivered asynchronously: poll the process state for a moment."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if psutil.Process(pid).status() in states:
+            return True
+        time.sleep(0.02)
+    return False
