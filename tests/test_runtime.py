@@ -292,3 +292,36 @@ def _status_becomes(pid, *states, timeout=3.0):
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_second_runtime_on_the_same_home_refuses(home, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+    from agent.runtime.procs import hold_home
+
+    with hold_home(home):
+        r = CliRunner().invoke(cli, ["run", "--home", str(home), "--model", str(tiny_model_dir), "--port", "0"])
+    assert r.exit_code == 1
+    assert "another `bakehouse run` is using" in r.output and f"pid {__import__('os').getpid()}" in r.output
+
+
+def test_status_json_reports_each_tenants_tiers_and_jobs(learner, tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+
+    lr = learner
+    a = lr.store.add("alice", "fact", "Alpha is the first letter.")
+    b = lr.store.add("alice", "fact", "Beta is the second letter.")
+    _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id, b.id], {a.id: True, b.id: False})
+    lr.store.jobs.create("alice", "bake", [b.id], "alice@v1")
+    r = CliRunner().invoke(cli, ["status", "--json", "--home", str(lr.cfg.home)])
+    assert r.exit_code == 0, r.output
+    t = json.loads(r.output)["tenants"]["alice"]
+    assert (t["hot_memories"], t["baked_memories"], t["version"], t["layers"]) == (1, 1, "alice@v1", 1)
+    assert t["last_bake"]["state"] == "done" and (t["last_bake"]["graduated"], t["last_bake"]["tried"]) == (1, 2)
+    assert [j["state"] for j in t["jobs"]] == ["queued"]
+    r = CliRunner().invoke(cli, ["memories", "--json", "--tenant", "alice", "--home", str(lr.cfg.home)])
+    checks = {m["id"]: [c["passed"] for c in m["checks"]] for m in json.loads(r.output)}
+    assert checks == {a.id: [True], b.id: [False]}

@@ -212,42 +212,21 @@ def config_cmd(model, home, config_file, **overrides):
 
 
 @cli.command(name="demo")
-@click.option("-o", "--output", "output", type=click.Path(file_okay=False),
-              help="Where to write the demo adapter (default: HOME/adapters/demo).")
 @click.option("--epochs", type=int, help="Override the bake's epochs.")
 @model_option
 @home_option
-@domain_errors(BakeError)
-def demo_cmd(output, epochs, model, home):
-    """Bake a sample prompt (four fictional news items) and show answers before and after.
+@domain_errors(BakeError, RuntimeError, TimeoutError)
+def demo_cmd(epochs, model, home):
+    """The learning loop on the embedded model: start `bakehouse run`, store four fictional
+    headlines, ask about them (hot tier), wait for the idle bake, ask again (weights).
+
+    Runs in HOME/demo (rebuilt each time; the model cache is shared).
 
     Example usage:
 
     \b
         bakehouse demo
     """
-    from importlib import resources
+    from ..runtime.demo import run_demo
 
-    from baker.generate import compare_answers
-
-    demo = json.loads(resources.files("agent").joinpath("data/demo.json").read_text())
-    model_dir = resolve_model(model, home)
-    out = Path(output) if output else home / "adapters" / "demo"
-    click.echo(f"model: {model_dir}\nprompt to bake:\n{demo['prompt']}\n")
-    config = build_config(epochs=epochs)
-    result = bake(model_dir, demo["prompt"], out, config)
-    m = result.metrics
-    click.echo(f"\nbaked into {out} in {m['timings']['total']:.0f}s; held-out KL "
-               f"{m['eval_kl_before']:.4f} -> {m['eval_kl_after']:.4f} nats/token, drift {m['drift_kl']:.4f}\n")
-    runs = {"base": (None, False), "prompted": (demo["prompt"], False), "baked": (None, True)}
-    rows = compare_answers(model_dir, demo["questions"], runs, adapter_dir=out, max_new_tokens=40)
-    score = {k: 0 for k in runs}
-    for q, row in zip(demo["questions"], rows):
-        click.echo(f"Q: {q['prompt']}")
-        for key in runs:
-            hit = any(a.lower() in row[key].lower() for a in q["answer"])
-            score[key] += hit
-            click.echo(f"  {key:>8} {'✓' if hit else '✗'} {row[key][:110]!r}")
-    n = len(rows)
-    click.echo(f"\ncorrect: base {score['base']}/{n}, prompted (facts in the system prompt) "
-               f"{score['prompted']}/{n}, baked (no prompt) {score['baked']}/{n}")
+    run_demo(home, resolve_model(model, home), echo=click.echo, epochs=epochs)

@@ -76,9 +76,11 @@ def memories(tenant, status, kind, limit, as_json, home):
     with _store(home) as store:
         rows = store.memories(tenant, status=STATUSES if status == "all" else status,
                               kind=kind or None, limit=limit)
-    if as_json:
+        checks = {m.id: store.jobs.checks(m.id) for m in rows} if as_json else {}
+    if as_json:  # with each verification of the memory: which bake, which questions, pass/fail
         click.echo(json.dumps(
-            [{k: v for k, v in dataclasses.asdict(m).items() if k != "created"} for m in rows],
+            [{**{k: v for k, v in dataclasses.asdict(m).items() if k != "created"},
+              "checks": [dataclasses.asdict(c) for c in checks[m.id]]} for m in rows],
             indent=2, ensure_ascii=False,
         ))
         return

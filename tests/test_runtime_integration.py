@@ -1,0 +1,124 @@
+"""`bakehouse run` end to end on the real SmolLM2 and a real vLLM engine: a feed file's headline is
+answerable from the hot tier at once, baked in idle time, verified, served from the weights (the
+prompt shrinks); `kill -9` mid-bake leaves no process and loses nothing, and the job runs again;
+SIGTERM leaves no process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.runtime.procs import group_members
+from agent.runtime.session import RunSession
+from memory import MemoryStore
+from serving.registry import Registry
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+HEADLINE = ("2026-11-05", "The Halvik Observatory names its new telescope the Starloom.")
+QUESTION = "What is the name of the Halvik Observatory's new telescope?"
+FAST = ("--epochs", "6", "--max-tries", "1")
+
+
+def _rss(path: Path, items: list[tuple[str, str]]) -> Path:
+    entries = "".join(f"<item><title>{t}</title><guid>g{i}</guid><pubDate>{d}T08:00:00Z</pubDate></item>"
+                      for i, (d, t) in enumerate(items))
+    path.write_text(f'<?xml version="1.0"?><rss version="2.0"><channel><title>News</title>{entries}</channel></rss>')
+    return path
+
+
+def _groups(home: Path) -> dict[str, int]:
+    try:
+        return json.loads((home / "runtime" / "pids.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pgids) -> list[int]:
+    return [p.pid for g in pgids for p in group_members(int(g)) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _wait(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
+    home = tmp_path / "home"
+    s = RunSession(home, smollm2_dir, args=("--idle-seconds", "2", *FAST))
+    s.add_tenant("alice")
+    s.start()
+    try:
+        plain = s.chat("alice", QUESTION)
+        assert plain["model"] == "base"
+        from memory import feeds
+
+        with MemoryStore.in_home(home) as store:
+            feeds.add_feed(store, str(_rss(tmp_path / "news.xml", [HEADLINE])), tenant="alice")
+            t_stored = time.monotonic()
+            assert feeds.poll(store)[0].new == 1
+        # answerable from the hot tier within 2 s, and the prompt says so
+        hot = _wait(lambda: (r := s.chat("alice", QUESTION))["prompt_tokens"] > plain["prompt_tokens"] + 10 and r,
+                    10, "the hot prompt")
+        assert time.monotonic() - t_stored < 2.0 + 1.0  # + one chat's own time
+        assert "starloom" in hot["text"].lower()
+
+        st = s.wait_for_bakes("alice", timeout=1500)
+        t = st["tenants"]["alice"]
+        job = t["last_bake"]
+        assert job["state"] == "done", job
+        assert t["version"] == "alice@v1" and t["baked_memories"] == 1 and t["hot_memories"] == 0
+        time.sleep(1.0)
+        baked = s.chat("alice", QUESTION)
+        assert baked["model"] == "alice@v1"
+        assert baked["prompt_tokens"] <= plain["prompt_tokens"]  # the headline left the prompt
+        with MemoryStore.in_home(home) as store:
+            (m,) = store.memories("alice")
+            assert m.status == "baked"
+            checks = store.jobs.checks(m.id)
+            assert [c.purpose for c in checks] == ["graduate"] and checks[0].passed
+    finally:
+        assert s.stop() == 0
+    assert _alive(_groups(home).values()) == []
+
+
+def test_kill_9_mid_bake_then_restart_then_sigterm_leaves_nothing(tmp_path, smollm2_dir):
+    home = tmp_path / "home"
+    s = RunSession(home, smollm2_dir, args=("--idle-seconds", "0", *FAST))
+    s.add_tenant("alice")
+    s.start()
+    with MemoryStore.in_home(home) as store:
+        m = store.add("alice", "headline", HEADLINE[1], published_at=HEADLINE[0])
+    groups = _wait(lambda: (g := _groups(home)).get("bake") and g.get("engine") and g, 60, "a running bake")
+    time.sleep(20)  # into the bake: its own vLLM sampler is starting or running
+    os.kill(s.proc.pid, signal.SIGKILL)
+    s.proc.wait()
+    # the engine (PR_SET_PDEATHSIG) and the bake (it watches its parent) go with the runtime
+    _wait(lambda: not _alive(groups.values()), 60, "the runtime's children to exit")
+    assert Registry(home).load() == {}  # nothing half-made was published
+    with MemoryStore.in_home(home) as store:
+        assert store.get(m.id).status == "pending" and store.jobs.list()[0].state == "running"
+
+    s2 = RunSession(home, smollm2_dir, port=s.port, args=("--idle-seconds", "0", *FAST), log_name="run2.out")
+    s2.keys = s.keys
+    s2.start()
+    try:
+        with MemoryStore.in_home(home) as store:
+            job = _wait(lambda: (j := store.jobs.get(1)).state == "running" and j.attempts == 2 and j, 60,
+                        "the job to run again")
+            assert "stopped during the bake" in job.reason
+        groups = _wait(lambda: (g := _groups(home)).get("bake") and g, 30, "the new bake")
+    finally:
+        assert s2.stop() == 0
+    assert _alive(groups.values()) == []
+    with MemoryStore.in_home(home) as store:
+        assert store.jobs.get(1).state == "queued"  # to run at the next start
