@@ -56,7 +56,8 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=[logging.FileHandler(log_path), _ConsoleEvents()])
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "apscheduler"):  # a line per request / per scheduled tick otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides = {"epochs": epochs} if epochs else {}
     cfg = RuntimeConfig(home=home, model_dir=resolve_model(model_opt, home), host=host, port=port,
                         idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -136,13 +137,25 @@ class Runtime:
                 log.exception("hot tier")
 
     def stop(self) -> None:
+        """Stop the bake (its job is queued again) and the scheduler. The learner's DB
+        connection belongs to the scheduler's thread, so the bake is stopped there."""
         self._stopping.set()
         if self.scheduler is not None:
+            done = threading.Event()
+
+            def stop_learner():
+                try:
+                    if self.learner is not None:
+                        self.learner.stop()
+                        self.learner.store.close()
+                finally:
+                    done.set()
+
+            self.scheduler.add_job(stop_learner, id="stop")
+            if not done.wait(timeout=60):
+                log.error("the scheduler did not stop the bake in 60 s")
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
-        if self.learner is not None:
-            self.learner.stop()
-            self.learner.store.close()
         record(self.cfg.home, "bake", None)
 
     def run(self, log_level: str = "warning") -> None:
@@ -156,13 +169,30 @@ class Runtime:
             if killed:
                 log.warning("stopped %d process(es) left by a runtime that did not shut down", len(killed))
             self.start_scheduler()
+            # uvicorn catches SIGINT/SIGTERM, shuts the gateway (and vLLM) down, then raises the
+            # signal again for the handler that was there before it: ours, so that the rest of
+            # the tree is stopped too instead of the process dying on the spot.
+            previous = {sig: signal.signal(sig, _stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 server = uvicorn.Server(uvicorn.Config(create_app(self.gateway), host=self.cfg.host,
                                                        port=self.cfg.port, log_level=log_level))
                 server.run()
+            except _Stop:
+                pass
             finally:
                 self.stop()
                 record(self.cfg.home, "engine", None)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            log.info("runtime stopped")
+
+
+class _Stop(Exception):
+    """Ctrl-C or SIGTERM, after uvicorn has shut the gateway down."""
+
+
+def _stop_signal(signum, frame):
+    raise _Stop()
 
 
 def _now():

@@ -61,7 +61,7 @@ def run(spec: dict) -> dict:
     probes = {m["id"]: verification_probes(m["id"], m["text"]) for m in memories + spec["recheck"]}
     held_out = [p.question for m in memories for p in probes[m["id"]]]
     config = BakeConfig.from_dict(spec.get("config") or {})
-    result = bake(spec["model_dir"], bake_prompt(memories), out / "layer", config, progress=False,
+    result = bake(spec["model_dir"], bake_prompt(memories), out / "layer", config, progress=True,
                   parent=spec.get("parent"), exclude_contexts=held_out)
     t_bake = time.perf_counter() - t0
     candidate = out / "layer"
