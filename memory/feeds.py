@@ -44,6 +44,7 @@ class Feed:
     last_ok_at: str | None
     last_error: str | None
     entries: int  # headlines stored from this feed so far
+    every_minutes: float | None = None  # its own polling interval (None: the runtime's default)
     created: bool = field(default=True, compare=False)  # False: add_feed found it registered
 
 
@@ -82,10 +83,14 @@ class Parsed:
 
 # -- feed rows ----------------------------------------------------------------------------------
 
-def add_feed(store: MemoryStore, source: str, tenant: str = "default") -> Feed:
-    """Register a feed (http(s) URL, file:// URL or local path) for a tenant. Idempotent."""
+def add_feed(store: MemoryStore, source: str, tenant: str = "default",
+             every_minutes: float | None = None) -> Feed:
+    """Register a feed (http(s) URL, file:// URL or local path) for a tenant. Idempotent; a given
+    `every_minutes` (its own polling interval) is set on the existing feed too."""
     check_tenant(tenant)
     source = normalise_source(source)
+    if every_minutes is not None and not every_minutes > 0:
+        raise InvalidInput(f"a feed's polling interval must be > 0 minutes, got {every_minutes!r}")
     now = utcnow()
     with store.transaction():
         store._ensure_tenant(tenant, now)
@@ -98,6 +103,8 @@ def add_feed(store: MemoryStore, source: str, tenant: str = "default") -> Feed:
         (feed_id,) = store.db.execute(
             "SELECT id FROM feeds WHERE tenant = ? AND source = ?", [tenant, source]
         ).fetchone()
+        if every_minutes is not None:
+            store.db.execute("UPDATE feeds SET every_minutes = ? WHERE id = ?", [every_minutes, feed_id])
         return replace(get_feed(store, feed_id), created=bool(cur.rowcount))
 
 
@@ -138,6 +145,20 @@ def list_feeds(store: MemoryStore, tenant: str | None = None) -> list[Feed]:
 
 
 # -- polling ------------------------------------------------------------------------------------
+
+def due_feeds(store: MemoryStore, default_minutes: float, now: datetime | None = None) -> list[Feed]:
+    """Feeds whose interval (their own, else `default_minutes`) has passed since their last poll."""
+    now = now or datetime.now(timezone.utc)
+    out = []
+    for f in list_feeds(store):
+        if f.last_polled_at is None:
+            out.append(f)
+            continue
+        last = datetime.fromisoformat(f.last_polled_at.replace("Z", "+00:00"))
+        if (now - last).total_seconds() >= 60 * (f.every_minutes or default_minutes):
+            out.append(f)
+    return out
+
 
 def poll(
     store: MemoryStore,

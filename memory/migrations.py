@@ -219,3 +219,9 @@ def m005_runtime_jobs(db: Database) -> None:
     ) STRICT;
     CREATE INDEX memory_checks_by_memory ON memory_checks(memory_id, id)
     """)
+
+
+@migration
+def m006_feed_interval(db: Database) -> None:
+    """A feed's own polling interval (NULL: the runtime's --feed-minutes)."""
+    _run(db, "ALTER TABLE feeds ADD COLUMN every_minutes REAL CHECK (every_minutes IS NULL OR every_minutes > 0)")

@@ -362,3 +362,28 @@ def test_an_unreachable_url_is_recorded(store):
     r = feeds.poll(store, timeout=2)[0]
     assert r.error.startswith("cannot fetch http://127.0.0.1:")
     assert r.feed.last_error == r.error and r.feed.last_ok_at is None
+
+
+def test_due_feeds_follow_each_feeds_own_interval(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from memory import MemoryStore
+    from memory.feeds import add_feed, due_feeds, poll
+
+    rss = tmp_path / "a.xml"
+    rss.write_text('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+                   '<item><title>One headline here</title><guid>1</guid></item></channel></rss>')
+    other = tmp_path / "b.xml"
+    other.write_text(rss.read_text())
+    with MemoryStore(tmp_path / "m.db") as store:
+        fast = add_feed(store, str(rss), "alice", every_minutes=1)
+        slow = add_feed(store, str(other), "alice")
+        assert {f.id for f in due_feeds(store, 60)} == {fast.id, slow.id}  # never polled
+        poll(store)
+        now = datetime.now(timezone.utc)
+        assert due_feeds(store, 60, now) == []
+        assert [f.id for f in due_feeds(store, 60, now + timedelta(minutes=2))] == [fast.id]
+        assert {f.id for f in due_feeds(store, 60, now + timedelta(minutes=61))} == {fast.id, slow.id}
+        assert add_feed(store, str(other), "alice", every_minutes=5).every_minutes == 5
+        with pytest.raises(Exception, match="> 0"):
+            add_feed(store, str(other), "alice", every_minutes=0)

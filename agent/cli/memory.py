@@ -154,18 +154,20 @@ def feeds():
 @feeds.command("add")
 @click.argument("source", metavar="URL_OR_PATH")
 @tenant_option
+@click.option("--every", "every_minutes", type=float, metavar="MINUTES",
+              help="Poll this feed every MINUTES under `bakehouse run` (default: its --feed-minutes).")
 @home_option
 @domain_errors(MemoryStoreError)
-def feeds_add(source, tenant, home):
-    """Register a feed for a tenant (nothing is fetched until `feeds poll`).
+def feeds_add(source, tenant, every_minutes, home):
+    """Register a feed for a tenant (fetched by `feeds poll`, or by `bakehouse run` on its interval).
 
     Example usage:
 
         bakehouse feeds add https://example.org/news.rss
-        bakehouse feeds add ./news.atom --tenant alice
+        bakehouse feeds add ./news.atom --tenant alice --every 5
     """
     with _store(home) as store:
-        f = feedlib.add_feed(store, source, tenant)
+        f = feedlib.add_feed(store, source, tenant, every_minutes=every_minutes)
     verb = "Added feed" if f.created else "Feed already added"
     click.echo(f"{verb} #{f.id} for tenant {f.tenant!r}: {f.source}")
 

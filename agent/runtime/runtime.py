@@ -87,7 +87,8 @@ class Runtime:
         from memory import feeds
 
         learner = self._learner()
-        for r in feeds.poll(learner.store):
+        for f in feeds.due_feeds(learner.store, self.cfg.feed_minutes):
+            r = feeds.poll_feed(learner.store, f)
             if r.new or r.error:
                 log.info("feed %s (%s): %d new%s", r.feed.source, r.feed.tenant, r.new,
                          f", error: {r.error}" if r.error else "")
@@ -124,7 +125,9 @@ class Runtime:
         s = BackgroundScheduler(executors={"default": DebugExecutor()},
                                 job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
         s.add_job(self.tick, "interval", seconds=self.cfg.tick_seconds, id="tick", next_run_time=_now())
-        s.add_job(self.poll_feeds, "interval", minutes=self.cfg.feed_minutes, id="feeds", next_run_time=_now())
+        # every feed at its own interval (else --feed-minutes): look for due ones each half minute
+        s.add_job(self.poll_feeds, "interval", seconds=min(30.0, 60 * self.cfg.feed_minutes), id="feeds",
+                  next_run_time=_now())
         s.add_job(self._hot_sync, "interval", seconds=self.cfg.hot_seconds, id="hot")
         s.start()
         self.scheduler = s
