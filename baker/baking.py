@@ -210,7 +210,10 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         {"params": [p for n, p in trainable if "lora_B" in n], "lr": config.lr * config.lr_b_ratio},
     ])
     steps_per_epoch = math.ceil(len(s_train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    # A small prompt (one memory) gives few trajectories: more epochs, so a fact still gets the
+    # optimiser steps it needs (config.min_steps)
+    n_epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    total_steps = steps_per_epoch * n_epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps))
     trained_tokens = sum(map(len, train_g))
 
@@ -233,7 +236,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         lengths = [len(c) + len(g) for c, g in zip(s_train, train_g)]
         batch_tokens = tokens_per_batch(train_g, config.batch_size)
         first_step = None  # seconds of the first step (it includes the compiling)
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(1, n_epochs + 1):
             t_epoch, kl_sum, kl_count = time.perf_counter(), 0.0, 0
             student.train()
             for idx in length_grouped_batches(lengths, config.batch_size, rng):
@@ -297,8 +300,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
                                   for k, v in sorted(by_source_before.items()) if k != "all"},
             "drift_kl": drift,
             "tokens": {"generated": sum(map(len, gens)), "trained_per_epoch": trained_tokens,
-                       "trained_total": trained_tokens * config.epochs},
-            "trained_tokens_per_second": trained_tokens * config.epochs / max(timings["train"], 1e-9),
+                       "trained_total": trained_tokens * n_epochs},
+            "trained_tokens_per_second": trained_tokens * n_epochs / max(timings["train"], 1e-9),
             "timings": timings,
             "sampler": config.sampler if config.sampler != "auto" else type(sampler).name,
             "compiled": bool(compiled),

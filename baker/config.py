@@ -39,6 +39,7 @@ class BakeConfig:
     # 6 epochs 0.62x 0.38x 0.43x 0.50x, 8 epochs 0.54x 0.62x 0.43x, 10 epochs 0.83x 0.67x 0.69x
     # 0.64x 0.57x 0.57x; the compiled training step pays for most of the extra epochs: ~290-315 s)
     epochs: int = 10  # passes over the training trajectories; a checkpoint after each one
+    min_steps: int = 0  # ... more passes if needed to reach this many optimiser steps (small prompts)
     batch_size: int = 8  # trajectories per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping
     seed: int = 0  # one seed for context choice, sampling and LoRA init
@@ -73,7 +74,7 @@ class BakeConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("generic_contexts", "self_questions"):
+        for name in ("generic_contexts", "self_questions", "min_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not (0 <= self.lora_dropout < 1):
