@@ -124,7 +124,8 @@ async def burst(url: str, jobs: list[tuple[str, str]], tokens: int) -> dict:
             "latency_p50_s": round(pct(lat, 0.5), 3)}
 
 
-async def sequential_overhead(gw_url: str, key: str, engine_url: str, model: str, reps: int, tokens: int) -> dict:
+async def sequential_overhead(gw_url: str, key: str, engine_url: str, model: str, reps: int, tokens: int,
+                              engine_headers: dict) -> dict:
     """The same request alternately via the gateway and straight to vLLM, one at a time."""
     import httpx
 
@@ -140,10 +141,10 @@ async def sequential_overhead(gw_url: str, key: str, engine_url: str, model: str
         gw, direct = [], []
         for _ in range(2):  # warm-up
             await timed(gw_url, {"Authorization": f"Bearer {key}"}, None)
-            await timed(engine_url, {}, model)
+            await timed(engine_url, engine_headers, model)
         for _ in range(reps):
             gw.append(await timed(gw_url, {"Authorization": f"Bearer {key}"}, None))
-            direct.append(await timed(engine_url, {}, model))
+            direct.append(await timed(engine_url, engine_headers, model))
     g, d = statistics.median(gw), statistics.median(direct)
     return {"max_tokens": tokens, "gateway_p50_s": round(g, 4), "direct_p50_s": round(d, 4),
             "overhead_ms": round((g - d) * 1000, 2), "overhead_pct": round(100 * (g - d) / d, 2)}
@@ -273,8 +274,10 @@ def main():
         reps = 8 if args.quick else 16
         eng = gateway.engine.url
         res["overhead"] = {
-            "full_request": asyncio.run(sequential_overhead(url, keys["t0"], eng, "t0@v1", reps, T)),
-            "one_token": asyncio.run(sequential_overhead(url, keys["t0"], eng, "t0@v1", reps * 2, 1)),
+            "full_request": asyncio.run(sequential_overhead(url, keys["t0"], eng, "t0@v1", reps, T,
+                                                            gateway.engine.auth_headers())),
+            "one_token": asyncio.run(sequential_overhead(url, keys["t0"], eng, "t0@v1", reps * 2, 1,
+                                                         gateway.engine.auth_headers())),
         }
         print(f"      {res['overhead']}", flush=True)
 

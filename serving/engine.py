@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -101,6 +102,10 @@ class Engine:
         self.epoch = 0  # bumped each time a fresh process becomes healthy
         self.restarts = 0
         self.last_error: str | None = None
+        # vLLM's API key, new at every start and known only to this process (it goes to vLLM in
+        # its environment, never on a command line or into a log): nothing but the gateway can
+        # load adapters into the engine or query it around the tenants' keys
+        self.secret: str | None = None
 
     def command(self) -> list[str]:
         c = self.cfg
@@ -140,6 +145,8 @@ class Engine:
         """The engine process's environment: ours plus what vLLM needs from us."""
         env = dict(os.environ)
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter + unload
+        if self.secret:
+            env["VLLM_API_KEY"] = self.secret
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         bind = omp_threads_bind(self.cfg.cpu_threads_bind)
         if bind:
@@ -150,6 +157,7 @@ class Engine:
         """Start the process (non-blocking); `wait_healthy` waits for it."""
         if self.alive():
             return
+        self.secret = secrets.token_urlsafe(32)
         env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
@@ -167,6 +175,10 @@ class Engine:
         _LIVE.add(self.proc)
         self.state = "starting"
         log.info("vLLM starting (pid %s, port %s)", self.proc.pid, self.port)
+
+    def auth_headers(self) -> dict[str, str]:
+        """What a request to the engine must carry (its /health needs nothing)."""
+        return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
 
     async def healthy(self, client: httpx.AsyncClient, timeout: float = 2.0) -> bool:
         try:

@@ -90,12 +90,18 @@ class Gateway:
             timeout=httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
             transport=self._transport,
+            event_hooks={"request": [self._engine_auth]},
         )
         self._refresh_files(force=True)
         self._tasks = [
             asyncio.create_task(self.engine.supervise(self.client, self._on_engine_up), name="supervise"),
             asyncio.create_task(self._poll_loop(), name="poll"),
         ]
+
+    async def _engine_auth(self, request: httpx.Request) -> None:
+        """Every call to vLLM carries the engine's secret of its current start."""
+        for k, v in getattr(self.engine, "auth_headers", dict)().items():
+            request.headers[k] = v
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -109,9 +109,25 @@ def test_tenants_get_their_own_adapter(served):
     # the base model, untouched: what vLLM's base answers when asked directly. (Not "Paris" as such:
     # vLLM's bf16 CPU kernels round differently from transformers', and on some CPUs its greedy
     # base answer here is "L'Étoile, ..." while transformers' is "... Paris.")
-    direct = httpx.post(f"{served.gateway.engine.url}/v1/chat/completions", timeout=120, json={
-        "model": "base", "messages": QUESTION, "max_tokens": 12, "temperature": 0}).json()
+    engine = served.gateway.engine
+    body = {"model": "base", "messages": QUESTION, "max_tokens": 12, "temperature": 0}
+    direct = httpx.post(f"{engine.url}/v1/chat/completions", timeout=120, json=body,
+                        headers=engine.auth_headers()).json()
     assert answers["carol"][1] == direct["choices"][0]["message"]["content"]
+
+
+def test_the_engine_answers_only_the_gateway(served, tiny_model_dir):
+    """vLLM runs with a secret only the gateway holds: around the tenants' keys, nobody can query
+    it or load an arbitrary directory as an adapter."""
+    url = served.gateway.engine.url
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                   json={"model": "alice@v1", "messages": QUESTION, "max_tokens": 4})
+    assert r.status_code == 401
+    r = httpx.post(f"{url}/v1/load_lora_adapter", timeout=30, json={"lora_name": "x", "lora_path": "/tmp"},
+                   headers={"Authorization": "Bearer guess"})
+    assert r.status_code == 401
+    assert served.gateway.engine.secret not in (served.gateway.engine.log_path.read_text())
+    assert ask(served, "alice")[0] == "alice@v1"  # through the gateway it works
 
 
 def served_vs_peft(s, tenant: str) -> tuple[float, float]:
