@@ -18,6 +18,7 @@ from serving.hot import ALL, write_hot
 from serving.registry import Registry
 
 log = logging.getLogger("bakehouse.runtime.hot")
+RECENT_VERSIONS = 8  # per tenant, hot prompts are written for this many newest versions
 
 
 def held(store: MemoryStore, tenant: str, version: str | None) -> tuple[int, ...]:
@@ -64,7 +65,13 @@ class HotTier:
         out, current = {}, {}
         for tenant in self.store.tenants():
             t = state.get(tenant)
-            names = [v.name for v in t.versions.values() if v.status == "ready"] if t else []
+            # the versions the gateway may route to soon: the pointer, the previous one and the
+            # newest few; any other version it serves gets `*` (every memory) until the next sync
+            names = []
+            if t:
+                ready = sorted(n for n, v in t.versions.items() if v.status == "ready")
+                keep = set(ready[-RECENT_VERSIONS:]) | {t.current, t.previous}
+                names = [t.versions[n].name for n in ready if n in keep]
             served = t.versions[t.current].name if t and t.current is not None else None
             everything = self.store.compose(tenant, budget_tokens=self.budget, count_tokens=self.count_tokens)
             prompts = {ALL: everything, self.base_name: everything}
