@@ -39,6 +39,7 @@ from .errors import (
     TenantError,
 )
 from .hot import hot_path, hot_text, read_hot, with_hot_prompt
+from .metrics import Metrics
 from .registry import Registry, Version
 from .tenants import TenantStore, authenticate, key_index
 
@@ -77,6 +78,7 @@ class Gateway:
         self._stamps: tuple = (None, None, None)
         self.hot: dict[str, dict[str, str]] = {}  # tenant -> served name -> hot prompt (hot.py)
         self.on_request: list = []  # callables run as each request starts (the runtime pauses bakes)
+        self.metrics = Metrics()
         self._name_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
@@ -216,9 +218,11 @@ class Gateway:
             if want.status == "failed":
                 self._reread_pointer(tenant)
                 continue
+            t_swap = time.perf_counter()
             error = await self._load(want)
             if error is None:
                 self._route(tenant, want.name)
+                self.metrics.swap.observe(time.perf_counter() - t_swap)
                 return
             if error == "engine down":
                 if fresh_engine:  # do not route a fresh engine to a version it does not hold
@@ -330,6 +334,7 @@ class Gateway:
 
     async def forward(self, request: Request, path: str) -> Response:
         tenant = self.authenticate(request)
+        request.state.tenant = tenant  # for the metrics
         try:
             body = await request.json()
         except ValueError as e:
@@ -365,11 +370,15 @@ class Gateway:
                 if stream:
                     await resp.aclose()
                 self._done(name)
+            if resp.status_code == 200:
+                self.metrics.count_usage(tenant, _usage(content))
             return self._upstream_response(resp, content)
 
         async def relay():
+            tail = b""
             try:
                 async for chunk in resp.aiter_raw():
+                    tail = (tail + chunk)[-4096:]  # the last event carries usage, if asked for
                     yield chunk
             except httpx.HTTPError:  # engine died mid-stream: end the SSE stream with an error event
                 err = EngineUnavailable("the inference engine went away mid-stream").to_dict()
@@ -377,6 +386,7 @@ class Gateway:
             finally:
                 await resp.aclose()
                 self._done(name)
+                self.metrics.count_usage(tenant, _stream_usage(tail))
 
         return StreamingResponse(relay(), media_type=resp.headers.get("content-type", "text/event-stream"))
 
@@ -444,9 +454,29 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     for path in _FORWARDED:
         async def endpoint(request: Request, _path: str = path):
-            return await gateway.forward(request, _path)
+            t0, status = time.perf_counter(), 500
+            try:
+                resp = await gateway.forward(request, _path)
+                status = resp.status_code
+                return resp
+            except ServingError as e:
+                status = e.status
+                raise
+            finally:  # tenant "" = not authenticated
+                tenant = getattr(request.state, "tenant", "")
+                gateway.metrics.requests.labels(tenant, _path, str(status)).inc()
+                gateway.metrics.latency.labels(tenant, _path).observe(time.perf_counter() - t0)
 
         app.add_api_route(path, endpoint, methods=["POST"])
+
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus text format; no key (tenant names only, never keys or texts)."""
+        m = gateway.metrics
+        m.engine_restarts.set(gateway.engine.restarts)
+        m.engine_up.set(1 if gateway.ready else 0)
+        m.inflight.set(sum(gateway.inflight.values()))
+        return Response(await asyncio.to_thread(m.render), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def not_found(rest: str):
@@ -456,6 +486,24 @@ def create_app(gateway: Gateway) -> FastAPI:
         )
 
     return app
+
+
+def _usage(content: bytes) -> dict | None:
+    try:
+        return json.loads(content).get("usage")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _stream_usage(tail: bytes) -> dict | None:
+    """The usage of an SSE stream (its last data event, when the client asked for it)."""
+    for line in reversed(tail.decode("utf-8", "replace").splitlines()):
+        if line.startswith("data: {") and '"usage"' in line:
+            try:
+                return json.loads(line[6:]).get("usage")
+            except ValueError:
+                return None
+    return None
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

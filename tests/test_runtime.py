@@ -325,3 +325,30 @@ def test_status_json_reports_each_tenants_tiers_and_jobs(learner, tiny_model_dir
     r = CliRunner().invoke(cli, ["memories", "--json", "--tenant", "alice", "--home", str(lr.cfg.home)])
     checks = {m["id"]: [c["passed"] for c in m["checks"]] for m in json.loads(r.output)}
     assert checks == {a.id: [True], b.id: [False]}
+
+
+def test_the_runtime_metrics_show_hot_tier_graduation_and_bakes(learner, tiny_model_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agent.runtime.observe import RuntimeCollector, take_snapshot
+
+    lr = learner
+    a = lr.store.add("alice", "fact", "Alpha is the first letter.")
+    b = lr.store.add("alice", "fact", "Beta is the second letter.")
+    _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id, b.id], {a.id: True, b.id: False})
+    _publish(lr, tiny_model_dir, tmp_path, "alice", [b.id], {a.id: True, b.id: False}, seed=1)  # rejected
+    lr.hot.sync()
+    reg = CollectorRegistry()
+    reg.register(RuntimeCollector(SimpleNamespace(snapshot=take_snapshot(lr))))
+    text = generate_latest(reg).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("bakehouse_graduated_memories", (("tenant", "alice"),))] == 1
+    assert samples[("bakehouse_hot_memories", (("tenant", "alice"),))] == 1
+    assert samples[("bakehouse_hot_tokens", (("tenant", "alice"),))] > 0
+    assert samples[("bakehouse_bakes_total", (("outcome", "published"), ("tenant", "alice")))] == 1
+    assert samples[("bakehouse_bakes_total", (("outcome", "rejected"), ("tenant", "alice")))] == 1
+    assert "Alpha" not in text and "Beta" not in text  # tenant names only, never memory texts

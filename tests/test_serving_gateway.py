@@ -61,7 +61,8 @@ class FakeVLLM:
             if m != "base" and m not in self.loaded:
                 return JSONResponse({"error": {"message": f"The model `{m}` does not exist. Valid: {list(self.loaded)}"}}, 404)
             await asyncio.sleep(body.get("delay", 0))
-            return {"object": "chat.completion", "model": m, "choices": [{"message": {"content": f"from {m}"}}]}
+            return {"object": "chat.completion", "model": m, "choices": [{"message": {"content": f"from {m}"}}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
 
         app.add_api_route("/v1/chat/completions", generate, methods=["POST"])
         app.add_api_route("/v1/completions", generate, methods=["POST"])
@@ -314,3 +315,31 @@ def test_a_corrupt_hot_file_keeps_the_previous_prompts(gw, home):
     time.sleep(0.2)
     _chat(client, keys["alice"])
     assert fake.bodies[-1]["messages"][0]["content"] == "KEEP ME"
+
+
+def test_metrics_are_prometheus_text_with_tenant_names_only(gw, home, tiny_model_dir, tiny_adapters):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, gateway, fake, _, keys = gw
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    for _ in range(3):
+        assert _chat(client, keys["alice"]).status_code == 200
+    assert _chat(client, "bh-000000000000-wrong").status_code == 401
+    assert _chat(client, keys["bob"], model="alice").status_code == 404
+    r = client.get("/metrics")  # no key needed
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(r.text) for s in f.samples}
+    chat = "/v1/chat/completions"
+    assert samples[("bakehouse_requests_total", (("endpoint", chat), ("status", "200"), ("tenant", "alice")))] == 3
+    assert samples[("bakehouse_requests_total", (("endpoint", chat), ("status", "401"), ("tenant", "")))] == 1
+    assert samples[("bakehouse_requests_total", (("endpoint", chat), ("status", "404"), ("tenant", "bob")))] == 1
+    assert samples[("bakehouse_tokens_total", (("kind", "prompt"), ("tenant", "alice")))] == 21
+    assert samples[("bakehouse_tokens_total", (("kind", "completion"), ("tenant", "alice")))] == 9
+    assert samples[("bakehouse_request_seconds_count", (("endpoint", chat), ("tenant", "alice")))] == 3
+    assert samples[("bakehouse_swap_seconds_count", ())] >= 1
+    assert samples[("bakehouse_engine_up", ())] == 1
+    for key in keys.values():
+        assert key not in r.text and key[:15] not in r.text
+    assert str(home) not in r.text

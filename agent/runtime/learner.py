@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,7 @@ class Learner:
                              retry_after_failure=cfg.retry_after_failure)
         self.proc: BakeProcess | None = None
         self._crashed: dict[str, float] = {}  # tenant -> time.time() of its last crashed bake
+        self.pauses: Counter[str] = Counter()  # tenant -> times its bake was paused for requests
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -68,8 +70,10 @@ class Learner:
 
     def on_request(self, tenant: str | None = None) -> None:
         """A request arrived: stop competing for the cores at once (called on the request path)."""
-        if self.proc is not None and self.cfg.pause_bakes:
-            self.proc.pause()
+        p = self.proc
+        if p is not None and self.cfg.pause_bakes and not p.paused:
+            p.pause()
+            self.pauses[p.tenant] += 1
 
     def _pace(self) -> None:
         p = self.proc

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .config import RuntimeConfig
+from .observe import take_snapshot
 from .procs import hold_home, record, sweep
 
 log = logging.getLogger("bakehouse.runtime")
@@ -37,6 +38,10 @@ class Runtime:
                                 max_model_len=cfg.max_model_len)
         self.gateway = Gateway(serve_cfg, cfg.home, engine=engine, transport=transport)
         self.gateway.on_request.append(self._on_request)
+        from .observe import RuntimeCollector, Snapshot
+
+        self.snapshot = Snapshot()  # what /metrics shows of the runtime, renewed every tick
+        self.gateway.metrics.add_collector(RuntimeCollector(self))
         self.learner = None  # made in the scheduler thread (SQLite connections stay in one thread)
         self.scheduler = None
         self.started = time.time()
@@ -77,6 +82,7 @@ class Runtime:
             learner = self._learner()
             learner.tick()
             record(self.cfg.home, "bake", learner.proc.pid if learner.proc else None)
+            self.snapshot = take_snapshot(learner)
             self.last_error = None
         except Exception as e:  # the loop must survive anything; the job row says what failed
             self.last_error = f"{type(e).__name__}: {e}"
