@@ -35,6 +35,7 @@ from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncom
 from .kl import batch_kl, grouped_kl, kl_per_position, mean_kl, sequence_logprobs
 from .models import context_length, load_model, weights_hash
 from .outputs import prepare_output, replace_output, temp_dir
+from .report import write_report
 from .sampling import open_sampler
 
 BAKE_FILE = "bake.json"
@@ -309,6 +310,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / BAKE_FILE).write_text(json.dumps(metrics, indent=2))
+        write_report(tmp, metrics)
         # Token ids only (as the paper stores them): enough to re-bake, audit or compare loops.
         with open(tmp / TRAJECTORIES_FILE, "w") as fh:
             for split_name, cs, gs in (("train", train_c, train_g), ("heldout", held_c, held_g)):

@@ -181,3 +181,28 @@ def test_a_failing_compile_falls_back_to_eager_training(tiny_model_dir, tmp_path
     assert len(calls) == 2  # every later step ran eagerly
     assert result.metrics["compiled"] is False
     assert result.eval_kl_after < result.eval_kl_before
+
+
+def test_a_bake_writes_its_report_and_bakehouse_report_finds_it(baked, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+    from baker.outputs import check_output
+
+    out = baked.adapter_dir
+    page = (out / "report.html").read_text()
+    assert page.count("<polyline") == 2 and "held-out KL" in page and "Timings" in page
+    r = CliRunner().invoke(cli, ["report", str(out)])
+    assert r.exit_code == 0 and r.output.strip() == str((out / "report.html").resolve())
+    old = shutil.copytree(out, tmp_path / "old-bake")  # a bake from before reports: written on demand
+    (old / "report.html").unlink()
+    r = CliRunner().invoke(cli, ["report", str(old)])
+    assert r.exit_code == 0 and (old / "report.html").is_file()
+    check_output(old, "bake")  # still a bakehouse output that a rebake may replace
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("mine")
+    r = CliRunner().invoke(cli, ["report", str(foreign)])
+    assert r.exit_code == 1 and "not a bakehouse output" in r.output and not (foreign / "report.html").exists()

@@ -230,3 +230,31 @@ def demo_cmd(epochs, model, home):
     from ..runtime.demo import run_demo
 
     run_demo(home, resolve_model(model, home), echo=click.echo, epochs=epochs)
+
+
+@cli.command(name="report")
+@click.argument("bake_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--open", "open_it", is_flag=True, help="Open it in the default browser.")
+@domain_errors(BakeError)
+def report_cmd(bake_dir, open_it):
+    """Print where a bake's report.html is (KL per epoch, held-out KL by source, timings); for a
+    bake made before reports existed, write it first.
+
+    Example usage:
+
+    \b
+        bakehouse report adapters/news
+        bakehouse report adapters/news --open
+    """
+    from baker.outputs import output_kind, write_marker
+    from baker.report import REPORT_FILE, write_report
+
+    path = bake_dir / REPORT_FILE
+    if not path.is_file():
+        if output_kind(bake_dir) != "bake" or not (bake_dir / "bake.json").is_file():
+            raise click.ClickException(f"{bake_dir} is not a bake output (no bake.json)")
+        write_report(bake_dir, json.loads((bake_dir / "bake.json").read_text()))
+        write_marker(bake_dir, "bake")  # the report is part of the output from now on
+    click.echo(str(path.resolve()))
+    if open_it:
+        click.launch(str(path))
