@@ -403,8 +403,9 @@ class Gateway:
         return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The thin router over `Gateway`."""
+def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:
+    """The thin router over `Gateway`; `routers` (FastAPI APIRouters) add pages of the caller's,
+    e.g. the runtime's /status."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -477,6 +478,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         m.engine_up.set(1 if gateway.ready else 0)
         m.inflight.set(sum(gateway.inflight.values()))
         return Response(await asyncio.to_thread(m.render), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    for extra in routers:
+        app.include_router(extra)
 
     @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def not_found(rest: str):

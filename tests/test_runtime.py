@@ -352,3 +352,88 @@ def test_the_runtime_metrics_show_hot_tier_graduation_and_bakes(learner, tiny_mo
     assert samples[("bakehouse_bakes_total", (("outcome", "published"), ("tenant", "alice")))] == 1
     assert samples[("bakehouse_bakes_total", (("outcome", "rejected"), ("tenant", "alice")))] == 1
     assert "Alpha" not in text and "Beta" not in text  # tenant names only, never memory texts
+
+
+@pytest.fixture
+def status_site(learner, tiny_model_dir, tmp_path):
+    """The gateway app with the runtime's /status page (fake engine), a tenant key and the
+    operator key, after one published and one rejected bake."""
+    import httpx
+    from fastapi.testclient import TestClient
+    from test_serving_gateway import FakeEngine, FakeVLLM
+
+    from agent.runtime.page import ensure_admin_key, router
+    from serving.config import ServeConfig
+    from serving.gateway import Gateway, create_app
+    from serving.tenants import TenantStore
+
+    lr, home = learner, learner.cfg.home
+    a = lr.store.add("alice", "fact", "Alpha is the first letter.")
+    b = lr.store.add("alice", "fact", "Beta is the second letter.")
+    job_id, _ = _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id, b.id], {a.id: True, b.id: False})
+    result = dict(lr.store.jobs.get(job_id).result)
+    result["bake"] = {"eval_kl_before": 0.5, "epochs": [{"epoch": 1, "train_loss": 0.4, "heldout_kl": 0.3},
+                                                       {"epoch": 2, "train_loss": 0.2, "heldout_kl": 0.2}]}
+    lr.store.db["jobs"].update(job_id, {"result": json.dumps(result)})
+    lr.store.add("bob", "persona", "You are Bob, a lighthouse keeper.")
+    tenant_key = TenantStore(home).add("alice")[1]
+    admin = ensure_admin_key(home)
+    assert admin and ensure_admin_key(home) is None  # generated once, then only its hash is kept
+    gateway = Gateway(ServeConfig(model_dir=tiny_model_dir, poll_interval=0.05), home, engine=FakeEngine(),
+                      transport=httpx.ASGITransport(app=FakeVLLM().app))
+    app = create_app(gateway, routers=(router(home),))
+    with TestClient(app) as client:
+        yield client, app, tenant_key, admin
+
+
+def test_the_status_page_needs_the_operator_key_and_shows_tiers_and_bakes(status_site):
+    client, _, tenant_key, admin = status_site
+    assert client.get("/status").status_code == 401
+    assert client.get("/status", headers={"Authorization": f"Bearer {tenant_key}"}).status_code == 401
+    assert client.get("/status?key=wrong").status_code == 401
+    r = client.get("/status", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200 and 'http-equiv="refresh"' in r.text
+    page = r.text
+    assert 'id="tenant-alice"' in page and 'id="tenant-bob"' in page
+    assert "Beta is the second letter." in page.split("Graduated")[0]  # hot
+    assert "Alpha is the first letter." in page.split("Graduated")[1]  # in the weights
+    assert "<svg" in page and page.count("<polyline") == 2  # the bake's KL per epoch
+    assert admin not in page and tenant_key not in page
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="Debian's chromium is not installed")
+def test_the_status_page_in_a_real_headless_chromium(status_site, tmp_path):
+    import socket
+    import subprocess
+
+    import uvicorn
+
+    _, app, _, admin = status_site
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _deadline = time.time() + 10
+    while not server.started and time.time() < _deadline:
+        time.sleep(0.05)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+
+    def chromium(*args, url):
+        return subprocess.run(["chromium", *flags, *args, url], capture_output=True, text=True, timeout=120)
+
+    try:
+        shot = tmp_path / "status.png"
+        url = f"http://127.0.0.1:{port}/status?key={admin}"
+        chromium(f"--screenshot={shot}", "--window-size=1280,1600", url=url)
+        assert shot.is_file() and shot.stat().st_size > 10_000
+        dom = chromium("--dump-dom", url=url).stdout
+        assert 'id="tenant-alice"' in dom and 'id="tenant-bob"' in dom and "<polyline" in dom
+        denied = chromium("--dump-dom", url=f"http://127.0.0.1:{port}/status?key=wrong").stdout
+        assert "operator key required" in denied and "tenant-alice" not in denied
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -32,10 +32,17 @@ from . import cli, domain_errors, home_option
 @click.option("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
 @click.option("--no-pause", is_flag=True, help="Let bakes run while requests are served.")
 @click.option("--kv-cache-gib", default=1.0, show_default=True, help="vLLM KV cache size (GiB of RAM).")
+@click.option("--min-steps", default=100, show_default=True,
+              help="Optimiser steps a bake takes at least (a few memories get more epochs).")
+@click.option("--admin-key", default=None, envvar="BAKEHOUSE_ADMIN_KEY",
+              help="Operator key for /status (default: generated at the first start, printed once).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per log line (runtime.log and the terminal).")
 @home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
 def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch, max_wait, max_batch,
-        max_tries, max_lora_rank, max_layers, epochs, no_pause, kv_cache_gib, home):
+        max_tries, max_lora_rank, max_layers, epochs, no_pause, kv_cache_gib, min_steps, admin_key, log_format,
+        home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
     baked into a new LoRA layer in idle time, verified, and swapped in.
 
@@ -54,11 +61,15 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch
 
     log_path = home / "runtime" / "logs" / "runtime.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    handlers = [logging.FileHandler(log_path), _ConsoleEvents()]
+    if log_format == "json":
+        for h in handlers:
+            h.setFormatter(JsonLines())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.FileHandler(log_path), _ConsoleEvents()])
+                        handlers=handlers)
     for noisy in ("httpx", "apscheduler"):  # a line per request / per scheduled tick otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    overrides = {"epochs": epochs} if epochs else {}
+    overrides = {"min_steps": min_steps, **({"epochs": epochs} if epochs else {})}
     cfg = RuntimeConfig(home=home, model_dir=resolve_model(model_opt, home), host=host, port=port,
                         idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,
                         min_batch=min_batch, max_wait=max_wait, max_batch=max_batch, max_tries=max_tries,
@@ -66,7 +77,23 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch
                         kv_cache_gib=kv_cache_gib, bake_overrides=overrides)
     click.echo(f"bakehouse run: gateway on http://{host}:{port}, base model {cfg.model_dir.name}; "
                f"logs in {log_path.parent}")
+    from ..runtime.page import ensure_admin_key
+
+    new_key = ensure_admin_key(home, admin_key)
+    if new_key:
+        click.echo(f"operator key for http://{host}:{port}/status (shown once, store it now): {new_key}")
     Runtime(cfg).run()
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
 
 
 class _ConsoleEvents(logging.StreamHandler):

@@ -173,6 +173,8 @@ class Runtime:
 
         from serving.gateway import create_app
 
+        from . import page
+
         with hold_home(self.cfg.home):
             killed = sweep(self.cfg.home)
             if killed:
@@ -183,7 +185,8 @@ class Runtime:
             # the tree is stopped too instead of the process dying on the spot.
             previous = {sig: signal.signal(sig, _stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
-                server = uvicorn.Server(uvicorn.Config(create_app(self.gateway), host=self.cfg.host,
+                app = create_app(self.gateway, routers=(page.router(self.cfg.home),))
+                server = uvicorn.Server(uvicorn.Config(app, host=self.cfg.host,
                                                        port=self.cfg.port, log_level=log_level))
                 server.run()
             except _Stop:
