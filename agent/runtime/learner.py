@@ -82,6 +82,7 @@ class Learner:
         state = "paused" if p.paused else "running"
         if self.store.jobs.get(p.job_id).state != state:
             self.store.jobs.move(p.job_id, state)
+            log.info("bake job %d (%s) %s", p.job_id, p.tenant, "paused for requests" if p.paused else "resumed")
 
     # -- the tick ------------------------------------------------------------------------------
 
