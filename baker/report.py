@@ -54,7 +54,9 @@ pre{{background:#f4f4f4;padding:1em;font-size:11px}}</style></head><body>
 held-out KL <b>{m.get('eval_kl_before', 0):.4f} &rarr; {m.get('eval_kl_after', 0):.4f}</b> nats/token &middot;
 drift {m.get('drift_kl', 0):.4f} &middot; {m.get('trajectories', {}).get('train', '?')} training trajectories</p>
 <h2>KL per epoch</h2>{kl_chart(m.get('epochs', []), m.get('eval_kl_before'))}
-<h2>Held-out KL by context source</h2><table><tr><th>source</th><th>before</th><th>after</th></tr>{rows}</table>
+<h2>Held-out KL by context source, before / after</h2>
+<p>probe: the prompt's recall probes (its names and numbers asked for); self: questions the model wrote
+about each line; generic: everyday requests (drift).</p><table><tr><th>source</th><th>before</th><th>after</th></tr>{rows}</table>
 <h2>Timings</h2><table>{timings}</table>
 <h2>Config</h2><pre>{cfg}</pre></body></html>"""
 
