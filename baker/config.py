@@ -69,14 +69,23 @@ class BakeConfig:
     checkpoints: bool = True  # save an adapter after every epoch (the half-baked models)
 
     def __post_init__(self):
+        # as strict as PEFT's configs: a wrong type is an error naming the field, never coerced
+        if isinstance(self.target_modules, str) or not all(isinstance(m, str) for m in self.target_modules):
+            raise ConfigError(f"target_modules must be a list of module names, got {self.target_modules!r}")
         self.target_modules = tuple(self.target_modules)
         positive = ("rank", "epochs", "batch_size", "max_new_tokens", "samples_per_context")
         for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("generic_contexts", "self_questions", "min_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("alpha", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
+            if not _is_number(getattr(self, name)):
+                raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
+        for name in ("probe_questions", "compile", "checkpoints"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not (0 <= self.lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not (self.lr > 0):
@@ -125,3 +134,11 @@ class BakeConfig:
 
     def replace(self, **changes) -> "BakeConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

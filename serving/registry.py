@@ -35,12 +35,12 @@ META_FILE = "bakehouse-adapter.json"
 # published version directory for its own output and replace it.
 _OUTPUT_MARKER = ".bakehouse-output.json"
 _STAGING = re.compile(r"^\.incoming-(?:(\d+)-)?[a-z0-9_]{8}$")  # mkdtemp's; no pid: from before it was named
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def check_tenant_name(name: str) -> str:
     """Tenant names become directory names and vLLM model names: keep them boring."""
-    if not isinstance(name, str) or not _TENANT.match(name):
+    if not isinstance(name, str) or not _TENANT.fullmatch(name):  # `$` would accept "alice\n"
         raise RegistryError(
             f"invalid tenant name {name!r}: use 1-63 of a-z 0-9 _ - (starting with a letter or digit)"
         )

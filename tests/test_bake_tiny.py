@@ -206,3 +206,14 @@ def test_a_bake_writes_its_report_and_bakehouse_report_finds_it(baked, tmp_path)
     (foreign / "thesis.txt").write_text("mine")
     r = CliRunner().invoke(cli, ["report", str(foreign)])
     assert r.exit_code == 1 and "not a bakehouse output" in r.output and not (foreign / "report.html").exists()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("target_modules", "q_proj"), ("target_modules", ["q_proj", 3]), ("lr", "1e-3"), ("rank", True),
+    ("epochs", 2.0), ("alpha", None), ("compile", "yes"), ("min_steps", -1),
+])
+def test_config_refuses_wrong_types_naming_the_field(field, value):
+    from baker import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        BakeConfig(**{field: value})

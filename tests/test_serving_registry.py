@@ -180,3 +180,11 @@ def test_mark_failed_falls_back_to_previous(home, adapters, tiny_model_dir):
     with pytest.raises(RegistryError, match="failed to load"):
         reg.rollback("alice", 2)
     assert reg.mark_failed("alice", 1, "again") is None  # nothing healthy left: the base serves
+
+
+@pytest.mark.parametrize("name", ["alice\n", "Alice", "", "-x", "a" * 64, "a/b"])
+def test_tenant_names_must_match_whole(name):
+    from serving.registry import check_tenant_name
+
+    with pytest.raises(RegistryError):
+        check_tenant_name(name)
