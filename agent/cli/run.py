@@ -32,8 +32,8 @@ from . import cli, domain_errors, home_option
 @click.option("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
 @click.option("--no-pause", is_flag=True, help="Let bakes run while requests are served.")
 @click.option("--kv-cache-gib", default=1.0, show_default=True, help="vLLM KV cache size (GiB of RAM).")
-@click.option("--min-steps", default=100, show_default=True,
-              help="Optimiser steps a bake takes at least (a few memories get more epochs).")
+@click.option("--min-steps", default=0, show_default=True,
+              help="Optimiser steps a bake takes at least (a bake of a few memories gets more epochs).")
 @click.option("--admin-key", default=None, envvar="BAKEHOUSE_ADMIN_KEY",
               help="Operator key for /status (default: generated at the first start, printed once).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
