@@ -31,6 +31,16 @@ def held(store: MemoryStore, tenant: str, version: str | None) -> tuple[int, ...
         return ()
 
 
+def layers_of(store: MemoryStore, tenant: str, version: str | None) -> int:
+    """Layers in the stack of `version` (a version published by hand counts as one)."""
+    if version is None:
+        return 0
+    try:
+        return store.adapter(tenant, version).layer + 1
+    except UnknownAdapter:
+        return 1
+
+
 @dataclass(frozen=True)
 class TenantHot:
     """The hot tier of the version a tenant is served now."""

@@ -22,7 +22,7 @@ from serving.registry import Registry
 
 from .bakes import BakeProcess
 from .config import RuntimeConfig
-from .hot import HotTier, held
+from .hot import HotTier, held, layers_of
 from .planner import HotMemory, Limits, TenantState, next_bake
 
 log = logging.getLogger("bakehouse.runtime")
@@ -121,12 +121,7 @@ class Learner:
             holds = held(self.store, tenant, v.name if v else None)
             hot = [m for m in self.store.memories(tenant, valid_only=True) if m.id not in set(holds)]
             tries = self.store.jobs.failed_tries([m.id for m in hot])
-            layers = 0
-            if v is not None:
-                try:
-                    layers = self.store.adapter(tenant, v.name).layer + 1
-                except Exception:  # published by hand: one layer we know nothing of
-                    layers = 1
+            layers = layers_of(self.store, tenant, v.name if v else None)
             crashed = self._crashed.get(tenant)
             out.append(TenantState(
                 name=tenant,
@@ -229,12 +224,7 @@ class Learner:
         except ServingError as e:
             self.store.jobs.move(job.id, "failed", reason=f"publish refused: {e}", result=summary)
             return None
-        layer = 0
-        if job.kind == "bake" and job.parent_version:
-            try:
-                layer = self.store.adapter(job.tenant, job.parent_version).layer + 1
-            except Exception:
-                layer = 1
+        layer = layers_of(self.store, job.tenant, job.parent_version) if job.kind == "bake" else 0
         self.store.record_bake(job.tenant, v.name, memory_ids=sorted(set(kept) | set(graduated)),
                                prompt_hash=(result.get("bake") or {}).get("prompt_sha256", ""),
                                parent=job.parent_version if job.kind == "bake" else None, layer=layer,

@@ -11,7 +11,7 @@ from memory import MemoryStore
 from serving.gateway import read_status
 from serving.registry import Registry
 
-from .hot import held
+from .hot import held, layers_of
 from .runtime import STATUS_FILE
 
 
@@ -43,10 +43,7 @@ def collect(home: Path) -> dict:
             hot = [m for m in live if m.id not in holds]
             tries = store.jobs.failed_tries([m.id for m in hot])
             rt_hot = (rt or {}).get("hot", {}).get(tenant)
-            try:
-                layers = store.adapter(tenant, name).layer + 1 if name else 0
-            except Exception:
-                layers = 1
+            layers = layers_of(store, tenant, name)
             jobs = store.jobs.list(tenant)
             finished = [j for j in jobs if j.state in ("done", "rejected", "failed")]
             last = finished[-1] if finished else None
