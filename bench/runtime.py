@@ -99,6 +99,15 @@ def bake_phase(s: RunSession, load: Load, tenants: list[str], timeout: float, bu
     return during
 
 
+OUT = ROOT / "bench" / "out" / "runtime.json"
+
+
+def save(out: dict) -> None:
+    """After every phase: a crash late in a long run keeps the figures measured so far."""
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(out, indent=2, default=str))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", default=None, help="Data home with the model cache (default: the user's).")
@@ -158,6 +167,7 @@ def main():
         out["feed_to_hot_s"] = to_hot
         right, nq, hot_tokens = accuracy(load, share)
         out["hot"] = {"correct": right, "questions": nq, "prompt_tokens": hot_tokens}
+        save(out)
         print(f"hot tier: {right}/{nq} correct, {hot_tokens:.0f} prompt tokens per question, "
               f"feed -> hot {max(t for t in to_hot if t is not None):.2f} s at most")
 
@@ -165,6 +175,7 @@ def main():
         during = bake_phase(s, load, names, args.timeout, burst_every=15.0, burst_n=8)
         out["latency_during_bake"] = {"p50": pct(during, 0.5), "p95": pct(during, 0.95), "n": len(during)}
         out["bake_phase_s"] = time.monotonic() - t_bakes
+        save(out)
         st = s.status()
         served, share_s = {}, []
         with MemoryStore.in_home(work) as store:
@@ -186,6 +197,7 @@ def main():
         right2, nq2, after_tokens = accuracy(load, share)
         out["after"] = {"correct": right2, "questions": nq2, "prompt_tokens": after_tokens}
         out["prompt_tokens_ratio"] = after_tokens / hot_tokens if hot_tokens else None
+        save(out)
     finally:
         s.stop()
 
@@ -199,6 +211,9 @@ def main():
             with MemoryStore.in_home(work, actor="bench") as store:
                 for h in extra_heads:
                     store.add(names[0], "fact", "Update: " + h["headline"])
+            t_wait = time.monotonic()  # the planner starts the bake after --idle-seconds
+            while (s2.status().get("runtime") or {}).get("bake") is None and time.monotonic() - t_wait < 120:
+                time.sleep(1)
             during2 = bake_phase(s2, load2, [names[0]], args.timeout, burst_every=15.0, burst_n=8)
             out["latency_during_unpaused_bake"] = {"p50": pct(during2, 0.5), "p95": pct(during2, 0.95), "n": len(during2)}
         finally:
@@ -208,9 +223,8 @@ def main():
     out["p95_ratio_paused"] = (out["latency_during_bake"]["p95"] or 0) / out["latency_idle"]["p95"]
     if "latency_during_unpaused_bake" in out:
         out["p95_ratio_unpaused"] = (out["latency_during_unpaused_bake"]["p95"] or 0) / out["latency_idle"]["p95"]
-    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "out" / "runtime.json").write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    save(out)
+    print(json.dumps(out, indent=2, default=str))
 
 
 def _ts(iso: str) -> float:
