@@ -62,21 +62,34 @@ def compare_answers(model_dir, items: list[dict], runs: dict[str, tuple[str | No
                     seed: int = 0) -> list[dict]:
     """Several greedy runs from one engine: `runs` maps an output key to (system prompt, use the
     adapter?), e.g. {"base": (None, False), "prompted": (prompt, False), "baked": (None, True)}."""
+    questions = [it["prompt"] for it in items]
+    answers, _ = ask_runs(model_dir, {k: (system, use, questions) for k, (system, use) in runs.items()},
+                          adapter_dir, max_new_tokens, sampler, seed)
+    return [{**it, **{key: answers[key][i] for key in runs}} for i, it in enumerate(items)]
+
+
+def ask_runs(model_dir, runs: dict[str, tuple[str | None, bool, list[str]]], adapter_dir=None,
+             max_new_tokens: int = 64, sampler: str = "auto", seed: int = 0) -> tuple[dict[str, list[str]], str]:
+    """Greedy answers from one engine: `runs` maps a key to (system prompt, use the adapter?,
+    user messages). Returns ({key: [answer, ...]}, the sampler's name)."""
     from transformers import AutoConfig, AutoTokenizer
 
     if adapter_dir is not None:
         adapter_dir = check_adapter(adapter_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     max_len = context_length(AutoConfig.from_pretrained(model_dir))
-    prompts = {key: [chat_ids(tok, it["prompt"], system) for it in items] for key, (system, _) in runs.items()}
+    prompts = {k: [chat_ids(tok, q, system) for q in qs] for k, (system, _, qs) in runs.items() if qs}
+    if not prompts:
+        return {k: [] for k in runs}, ""
     longest = max(len(p) for ps in prompts.values() for p in ps)
     if longest + max_new_tokens > max_len:
         raise BakeError(f"the longest input is {longest} tokens; with {max_new_tokens} new tokens it "
                         f"exceeds the model's context of {max_len}")
     s = open_sampler(sampler, model_dir, adapter_dir, seed=seed, max_model_len=min(max_len, longest + max_new_tokens + 16))
     try:
-        gens = {key: s.generate(prompts[key], max_new_tokens, temperature=None, use_adapter=use)
-                for key, (_, use) in runs.items()}
+        with exit_on_sigterm():
+            gens = {k: s.generate(prompts[k], max_new_tokens, temperature=None, use_adapter=runs[k][1])
+                    for k in prompts}
     except BakeError:
         raise
     except Exception as e:  # a corrupt adapter surfaces only when vLLM/PEFT first uses it
@@ -86,7 +99,7 @@ def compare_answers(model_dir, items: list[dict], runs: dict[str, tuple[str | No
     finally:
         s.close()
     decode = lambda g: tok.decode(g, skip_special_tokens=True).strip()  # noqa: E731
-    return [{**it, **{key: decode(gens[key][i]) for key in runs}} for i, it in enumerate(items)]
+    return {k: [decode(g) for g in gens.get(k, [])] for k in runs}, s.name
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:

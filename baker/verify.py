@@ -25,13 +25,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Hashable, Iterable
 
-from .chat import chat_ids
 from .contexts import _CLOZE_TEMPLATES, _DATE_PREFIX, _NUMBER, names, prompt_items
-from .errors import BakeError
-from .generate import check_adapter
-from .interrupt import exit_on_sigterm
-from .models import context_length
-from .sampling import open_sampler
+from .generate import ask_runs, check_adapter
 
 COMPLETE_TEMPLATE = "Complete this sentence: {prefix}"
 # Memories that are instructions, not facts: their names ("French" of "Always answer in French.")
@@ -247,41 +242,6 @@ def general_questions() -> list[dict]:
 
 # --- verification ----------------------------------------------------------------------------
 
-def _ask(model_dir, adapter_dir, runs: dict[str, tuple[str | None, bool, list[str]]],
-         max_new_tokens: int, sampler: str, seed: int = 0) -> tuple[dict[str, list[str]], str]:
-    """Greedy answers from one engine: runs maps a key to (system prompt, use adapter?, user
-    messages). Returns {key: [answer, ...]} and the sampler's name."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    max_len = context_length(AutoConfig.from_pretrained(model_dir))
-    prompts = {k: [chat_ids(tok, q, system) for q in qs] for k, (system, _, qs) in runs.items() if qs}
-    if not prompts:
-        return {k: [] for k in runs}, ""
-    longest = max(len(p) for ps in prompts.values() for p in ps)
-    if longest + max_new_tokens > max_len:
-        raise BakeError(f"the longest question is {longest} tokens; with {max_new_tokens} new tokens "
-                        f"it exceeds the model's context of {max_len}")
-    s = open_sampler(sampler, model_dir, adapter_dir, seed=seed,
-                     max_model_len=min(max_len, longest + max_new_tokens + 16))
-    try:
-        with exit_on_sigterm():  # `kill` shuts vLLM's engine processes down, not orphaning them
-            gens = {k: s.generate(prompts[k], max_new_tokens, temperature=None, use_adapter=runs[k][1])
-                    for k in prompts}
-    except BakeError:
-        raise
-    except Exception as e:  # a corrupt adapter surfaces only when vLLM/PEFT first uses it
-        if adapter_dir is None:
-            raise
-        from .errors import AdapterError
-
-        raise AdapterError(f"generation with adapter {adapter_dir} failed: {e}") from e
-    finally:
-        s.close()
-    out = {k: [tok.decode(g, skip_special_tokens=True).strip() for g in gens.get(k, [])] for k in runs}
-    return out, s.name
-
-
 def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list[Probe] | None = None,
            forgotten: Iterable[tuple[Any, str]] = (), general: bool = True, prompt: str | None = None,
            sampler: str = "auto", max_new_tokens: int = 32, min_hits: int = 1,
@@ -318,7 +278,7 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
         runs["baked"] = (None, True, plain)
     if prompt:
         runs["prompted"] = (prompt, False, [p.question for p in flat_items])
-    ans, sampler_name = _ask(model_dir, adapter_dir, runs, max_new_tokens, sampler)
+    ans, sampler_name = ask_runs(model_dir, runs, adapter_dir, max_new_tokens, sampler)
     if adapter_dir is None:
         ans["baked"] = ans["base"]
 
