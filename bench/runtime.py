@@ -156,8 +156,8 @@ def main():
             for n in names:
                 (r,) = feeds.poll(store, tenant=n)
                 polled_at[n] = time.monotonic()
-                while True:
-                    _, resp = load.one(n)
+                while True:  # one-token probes: the figure is the hot tier's delay, not a chat's
+                    _, resp = load.one(n, max_tokens=1)
                     if resp and resp["prompt_tokens"] > base_tokens + 20:
                         to_hot.append(time.monotonic() - polled_at[n])
                         break
