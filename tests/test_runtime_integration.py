@@ -74,7 +74,9 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
                     10, "the hot prompt")
         assert hot["model"] == "base"
 
-        st = s.wait_for_bakes("alice", timeout=1500)
+        # one bake, or more: the gate may reject one (general answers lost) and the planner then
+        # bakes again what had not failed its verification
+        st = s.wait_for_bakes("alice", timeout=2400)
         t = st["tenants"]["alice"]
         job = t["last_bake"]
         assert job["state"] == "done" and job["graduated"] >= 1, job
@@ -87,8 +89,8 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
         with MemoryStore.in_home(home) as store:
             for m in store.memories("alice"):
                 checks = store.jobs.checks(m.id)
-                assert [c.purpose for c in checks] == ["graduate"]
-                assert checks[0].passed == (m.status == "baked")  # baked exactly when verified
+                assert checks and {c.purpose for c in checks} == {"graduate"}
+                assert checks[-1].passed == (m.status == "baked")  # baked exactly when verified
     finally:
         assert s.stop() == 0
     assert _alive(_groups(home).values()) == []
