@@ -32,6 +32,10 @@ from . import cli, domain_errors, home_option
 @click.option("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
 @click.option("--no-pause", is_flag=True, help="Let bakes run while requests are served.")
 @click.option("--kv-cache-gib", default=1.0, show_default=True, help="vLLM KV cache size (GiB of RAM).")
+@click.option("--gate-general", default=0.9, show_default=True,
+              help="Share of the general questions the base answers right that a new version must keep.")
+@click.option("--gate-recheck", default=1.0, show_default=True,
+              help="Share of the earlier graduated memories a new version must still hold.")
 @click.option("--min-steps", default=0, show_default=True,
               help="Optimiser steps a bake takes at least (a bake of a few memories gets more epochs).")
 @click.option("--admin-key", default=None, envvar="BAKEHOUSE_ADMIN_KEY",
@@ -41,8 +45,8 @@ from . import cli, domain_errors, home_option
 @home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
 def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch, max_wait, max_batch,
-        max_tries, max_lora_rank, max_layers, epochs, no_pause, kv_cache_gib, min_steps, admin_key, log_format,
-        home):
+        max_tries, max_lora_rank, max_layers, epochs, no_pause, kv_cache_gib, gate_general, gate_recheck,
+        min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
     baked into a new LoRA layer in idle time, verified, and swapped in.
 
@@ -74,7 +78,8 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch
                         idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,
                         min_batch=min_batch, max_wait=max_wait, max_batch=max_batch, max_tries=max_tries,
                         max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
-                        kv_cache_gib=kv_cache_gib, bake_overrides=overrides)
+                        kv_cache_gib=kv_cache_gib, gate_general=gate_general, gate_recheck=gate_recheck,
+                        bake_overrides=overrides)
     click.echo(f"bakehouse run: gateway on http://{host}:{port}, base model {cfg.model_dir.name}; "
                f"logs in {log_path.parent}")
     from ..runtime.page import ensure_admin_key
