@@ -437,3 +437,22 @@ def test_the_status_page_in_a_real_headless_chromium(status_site, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_concurrent_bakes_run_one_per_tenant_at_once(home, tiny_model_dir):
+    cfg = RuntimeConfig(home=home, model_dir=tiny_model_dir, idle_seconds=0, sampler="hf", concurrent_bakes=2,
+                        bake_overrides=TINY_BAKE)
+    with MemoryStore.in_home(home) as store:
+        for tenant in ("alice", "bob"):
+            store.add(tenant, "fact", f"{tenant.title()} keeps a lighthouse on the island of Corvessa.")
+            store.add(tenant, "fact", f"{tenant.title()} has a dog called Biscuit.")
+        lr = Learner(cfg, store, lambda: 1e9)
+        lr.recover()
+        try:
+            lr.tick()
+            assert sorted(lr.procs) == ["alice", "bob"]  # two bakes, never two of one tenant
+            lr.on_request("alice")
+            assert all(p.paused for p in lr.procs.values())  # a request pauses every bake
+        finally:
+            lr.stop()
+        assert [j.state for j in store.jobs.list()] == ["queued", "queued"]

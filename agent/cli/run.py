@@ -31,6 +31,8 @@ from . import cli, domain_errors, home_option
 @click.option("--max-layers", default=4, show_default=True, help="Layers before consolidation.")
 @click.option("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
 @click.option("--no-pause", is_flag=True, help="Let bakes run while requests are served.")
+@click.option("--concurrent-bakes", default=1, show_default=True,
+              help="Bakes at once, of different tenants (for machines with more cores than this one).")
 @click.option("--kv-cache-gib", default=1.0, show_default=True, help="vLLM KV cache size (GiB of RAM).")
 @click.option("--gate-general", default=0.9, show_default=True,
               help="Share of the general questions the base answers right that a new version must keep.")
@@ -45,7 +47,7 @@ from . import cli, domain_errors, home_option
 @home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
 def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch, max_wait, max_batch,
-        max_tries, max_lora_rank, max_layers, epochs, no_pause, kv_cache_gib, gate_general, gate_recheck,
+        max_tries, max_lora_rank, max_layers, epochs, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
         min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
     baked into a new LoRA layer in idle time, verified, and swapped in.
@@ -78,6 +80,7 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch
                         idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,
                         min_batch=min_batch, max_wait=max_wait, max_batch=max_batch, max_tries=max_tries,
                         max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
+                        concurrent_bakes=concurrent_bakes,
                         kv_cache_gib=kv_cache_gib, gate_general=gate_general, gate_recheck=gate_recheck,
                         bake_overrides=overrides)
     click.echo(f"bakehouse run: gateway on http://{host}:{port}, base model {cfg.model_dir.name}; "

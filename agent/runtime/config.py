@@ -20,6 +20,7 @@ class RuntimeConfig:
     max_tries: int = 3  # failed graduations before a memory stays hot for good
     max_lora_rank: int = 64  # a stack that would exceed it is consolidated into one layer
     max_layers: int = 4  # ... and so is one that would have more layers than this
+    concurrent_bakes: int = 1  # bakes at once (each tenant one at a time); 1 on a small CPU
     retry_after_failure: float = 300.0  # s before a tenant whose bake crashed is planned again
     gate_recheck: float = 1.0  # share of earlier graduated memories a new version must still hold
     gate_general: float = 0.9  # share of the base's right general answers a new version must keep
@@ -35,7 +36,7 @@ class RuntimeConfig:
 
     def __post_init__(self):
         self.home, self.model_dir = Path(self.home), Path(self.model_dir)
-        for name in ("hot_budget", "min_batch", "max_batch", "max_tries", "max_layers"):
+        for name in ("hot_budget", "min_batch", "max_batch", "max_tries", "max_layers", "concurrent_bakes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("idle_seconds", "max_wait", "retry_after_failure", "feed_minutes"):

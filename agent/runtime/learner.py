@@ -41,7 +41,7 @@ class Learner:
                              max_batch=cfg.max_batch, max_tries=cfg.max_tries, layer_rank=self.bake_config.rank,
                              max_lora_rank=cfg.max_lora_rank, max_layers=cfg.max_layers,
                              retry_after_failure=cfg.retry_after_failure)
-        self.proc: BakeProcess | None = None
+        self.procs: dict[str, BakeProcess] = {}  # tenant -> its running bake (one per tenant)
         self._crashed: dict[str, float] = {}  # tenant -> time.time() of its last crashed bake
         self.pauses: Counter[str] = Counter()  # tenant -> times its bake was paused for requests
 
@@ -55,11 +55,16 @@ class Learner:
         return again
 
     def stop(self) -> None:
-        """Stop a running bake; its job is queued again for the next start."""
-        if self.proc is not None:
-            self.proc.kill()
-            self._requeue(self.proc.job_id, "the runtime stopped during the bake")
-            self.proc = None
+        """Stop the running bakes; their jobs are queued again for the next start."""
+        for p in self.procs.values():
+            p.kill()
+            self._requeue(p.job_id, "the runtime stopped during the bake")
+        self.procs.clear()
+
+    @property
+    def proc(self) -> BakeProcess | None:
+        """The oldest running bake (the only one with `concurrent_bakes` 1)."""
+        return next(iter(self.procs.values()), None)
 
     def _requeue(self, job_id: int, reason: str) -> None:
         job = self.store.jobs.get(job_id)
@@ -70,13 +75,14 @@ class Learner:
 
     def on_request(self, tenant: str | None = None) -> None:
         """A request arrived: stop competing for the cores at once (called on the request path)."""
-        p = self.proc
-        if p is not None and self.cfg.pause_bakes and not p.paused:
-            p.pause()
-            self.pauses[p.tenant] += 1
+        if not self.cfg.pause_bakes:
+            return
+        for p in list(self.procs.values()):
+            if not p.paused:
+                p.pause()
+                self.pauses[p.tenant] += 1
 
-    def _pace(self) -> None:
-        p = self.proc
+    def _pace(self, p: BakeProcess) -> None:
         if p.paused and self.idle_for() >= self.cfg.idle_seconds:
             p.resume()
         state = "paused" if p.paused else "running"
@@ -90,22 +96,27 @@ class Learner:
         """One planner step (APScheduler runs it every `tick_seconds`, one at a time)."""
         self.hot.sync()
         self.roll_back_invalidated()
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self._pace()
-                return
-            self._finish(self.proc)
-            self.proc = None
+        for tenant, p in list(self.procs.items()):
+            if p.poll() is None:
+                self._pace(p)
+                continue
+            del self.procs[tenant]
+            self._finish(p)
             self.hot.sync(force=True)
-        job = self._next_job()
-        if job is not None:
+        while len(self.procs) < self.cfg.concurrent_bakes:
+            job = self._next_job()
+            if job is None:
+                break
             self._start(job)
 
     def _next_job(self) -> Job | None:
-        queued = self.store.jobs.list(states=("queued",))
+        """A queued job (oldest first) or a new plan, for a tenant without a running bake."""
+        if self.idle_for() < self.cfg.idle_seconds:
+            return None
+        queued = [j for j in self.store.jobs.list(states=("queued",)) if j.tenant not in self.procs]
         if queued:
-            return queued[0] if self.idle_for() >= self.cfg.idle_seconds else None
-        plan = next_bake(self.tenant_states(), self.idle_for(), self.limits)
+            return queued[0]
+        plan = next_bake([t for t in self.tenant_states() if t.name not in self.procs], self.idle_for(), self.limits)
         if plan is None:
             return None
         log.info("planning a %s for %s: %s", plan.kind, plan.tenant, plan.why)
@@ -160,8 +171,9 @@ class Learner:
             "forgotten": [{"id": m.id, "text": m.text} for m in self._invalid_ever_held(job.tenant)],
         }
         shutil.rmtree(spec["out_dir"], ignore_errors=True)
-        self.proc = BakeProcess(job.id, job.tenant, spec, self.cfg.work_dir, self.cfg.home / "runtime" / "logs")
-        self.store.jobs.move(job.id, "running", pid=self.proc.pid)
+        p = self.procs[job.tenant] = BakeProcess(job.id, job.tenant, spec, self.cfg.work_dir,
+                                                 self.cfg.home / "runtime" / "logs")
+        self.store.jobs.move(job.id, "running", pid=p.pid)
 
     def _invalid_ever_held(self, tenant: str):
         rows = self.store.db.execute(
@@ -258,10 +270,10 @@ class Learner:
                 self.registry.unpoint(tenant)
             self.store.set_adapter_status(tenant, cur.name, "rolled_back",
                                           reason=f"holds forgotten/superseded memories {sorted(bad)}")
-            if self.proc is not None and self.proc.tenant == tenant:
-                self.proc.kill()
-                self.store.jobs.move(self.proc.job_id, "failed", reason="stale: the tenant was rolled back")
-                self.proc = None
+            p = self.procs.pop(tenant, None)
+            if p is not None:
+                p.kill()
+                self.store.jobs.move(p.job_id, "failed", reason="stale: the tenant was rolled back")
             log.info("%s: %s held forgotten memories %s; now serving %s", tenant, cur.name, sorted(bad),
                      target.name if target else "the base")
             self.hot.sync(force=True)

@@ -46,8 +46,8 @@ def take_snapshot(learner) -> Snapshot:
         wall = (json.loads(result or "{}").get("timings") or {}).get("wall")
         if wall:
             snap.bake_seconds.setdefault(tenant, []).append(float(wall))
-    if learner.proc is not None:
-        snap.running[learner.proc.tenant] = "paused" if learner.proc.paused else "running"
+    for tenant, p in learner.procs.items():
+        snap.running[tenant] = "paused" if p.paused else "running"
     return snap
 
 

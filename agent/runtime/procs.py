@@ -53,7 +53,7 @@ def hold_home(home: Path):
         lock.release()
 
 
-def record(home: Path, role: str, pgid: int | None) -> None:
+def record(home: Path, role: str, pgid: int | list[int] | None) -> None:
     path = _runtime_dir(home) / "pids.json"
     try:
         pids = json.loads(path.read_text())
@@ -92,8 +92,9 @@ def sweep(home: Path) -> list[int]:
     except (OSError, ValueError):
         return []
     killed = []
-    for role, pgid in pids.items():
-        members = [p for p in group_members(int(pgid)) if _ours(p)]
+    for role, groups in pids.items():
+        members = [p for g in (groups if isinstance(groups, list) else [groups])
+                   for p in group_members(int(g)) if _ours(p)]
         for p in members:
             with contextlib.suppress(psutil.Error):
                 p.send_signal(signal.SIGKILL)

@@ -81,7 +81,7 @@ class Runtime:
         try:
             learner = self._learner()
             learner.tick()
-            record(self.cfg.home, "bake", learner.proc.pid if learner.proc else None)
+            record(self.cfg.home, "bake", sorted(p.pid for p in learner.procs.values()) or None)
             self.snapshot = take_snapshot(learner)
             self.last_error = None
         except Exception as e:  # the loop must survive anything; the job row says what failed
@@ -109,10 +109,9 @@ class Runtime:
             "pid": os.getpid(), "started": self.started, "updated": time.time(),
             "config": self.cfg.to_dict(), "last_error": self.last_error,
             "idle_for": self.idle_for(),
-            "bake": None if learner is None or learner.proc is None else {
-                "job": learner.proc.job_id, "tenant": learner.proc.tenant, "pid": learner.proc.pid,
-                "paused": learner.proc.paused, "pauses": learner.proc.pauses,
-                "paused_seconds": learner.proc.paused_seconds},
+            "bakes": [] if learner is None else [
+                {"job": p.job_id, "tenant": p.tenant, "pid": p.pid, "paused": p.paused, "pauses": p.pauses,
+                 "paused_seconds": p.paused_seconds} for p in learner.procs.values()],
             "hot": {} if learner is None else {
                 t: {"version": h.version, "memories": list(h.memory_ids), "tokens": h.tokens,
                     "left_out": list(h.left_out)} for t, h in learner.hot.current.items()},

@@ -26,7 +26,8 @@ def collect(home: Path) -> dict:
         rt = None
     state = Registry(home).load()
     out = {
-        "runtime": None if rt is None else {k: rt.get(k) for k in ("pid", "started", "idle_for", "bake", "last_error")},
+        "runtime": None if rt is None else {**{k: rt.get(k) for k in ("pid", "started", "idle_for", "bakes", "last_error")},
+                                            "bake": (rt.get("bakes") or [None])[0]},
         "gateway": None if live_gw is None else {
             "ready": live_gw["ready"], "port": live_gw["port"], "requests": live_gw["requests"],
             "inflight": live_gw["inflight"], "engine": live_gw["engine"]},
