@@ -108,6 +108,12 @@ def save(out: dict) -> None:
     OUT.write_text(json.dumps(out, indent=2, default=str))
 
 
+def hot_prompt_tokens(s: RunSession, tenants: list[str]) -> dict[str, int]:
+    """Tokens of each tenant's hot prompt for its served version (the runtime's own count)."""
+    st = s.status()["tenants"]
+    return {t: (st.get(t) or {}).get("hot_tokens") or 0 for t in tenants}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", default=None, help="Data home with the model cache (default: the user's).")
@@ -166,7 +172,8 @@ def main():
                         break
         out["feed_to_hot_s"] = to_hot
         right, nq, hot_tokens = accuracy(load, share)
-        out["hot"] = {"correct": right, "questions": nq, "prompt_tokens": hot_tokens}
+        out["hot"] = {"correct": right, "questions": nq, "prompt_tokens": hot_tokens,
+                      "hot_prompt_tokens": hot_prompt_tokens(s, names)}
         save(out)
         print(f"hot tier: {right}/{nq} correct, {hot_tokens:.0f} prompt tokens per question, "
               f"feed -> hot {max(t for t in to_hot if t is not None):.2f} s at most")
@@ -197,8 +204,11 @@ def main():
         idle2 = load.burst(names, args.requests)  # no bake any more: idle again
         out["latency_idle_after"] = {"p50": pct(idle2, 0.5), "p95": pct(idle2, 0.95)}
         right2, nq2, after_tokens = accuracy(load, share)
-        out["after"] = {"correct": right2, "questions": nq2, "prompt_tokens": after_tokens}
+        out["after"] = {"correct": right2, "questions": nq2, "prompt_tokens": after_tokens,
+                        "hot_prompt_tokens": hot_prompt_tokens(s, names)}
         out["prompt_tokens_ratio"] = after_tokens / hot_tokens if hot_tokens else None
+        before_hot = sum(out["hot"]["hot_prompt_tokens"].values())
+        out["hot_prompt_tokens_ratio"] = sum(out["after"]["hot_prompt_tokens"].values()) / before_hot if before_hot else None
         save(out)
     finally:
         s.stop()
