@@ -37,7 +37,9 @@ def _groups(home: Path) -> dict[str, int]:
         return {}
 
 
-def _alive(pgids) -> list[int]:
+def _alive(groups) -> list[int]:
+    """Live processes of the recorded process groups (a role holds one pgid or a list of them)."""
+    pgids = [g for x in groups for g in (x if isinstance(x, list) else [x])]
     return [p.pid for g in pgids for p in group_members(int(g)) if p.status() != psutil.STATUS_ZOMBIE]
 
 
