@@ -7,7 +7,6 @@ queued again, and a version is only ever recorded once the registry serves it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -256,10 +255,10 @@ class Learner:
             if t.current is None:
                 continue
             cur = t.versions[t.current]
-            bad = set(held(self.store, tenant, cur.name)) & {m.id for m in self._invalid_ever_held(tenant)}
+            invalid = {m.id for m in self._invalid_ever_held(tenant)}
+            bad = set(held(self.store, tenant, cur.name)) & invalid
             if not bad:
                 continue
-            invalid = {m.id for m in self._invalid_ever_held(tenant)}
             target = next((v for n, v in sorted(t.versions.items(), reverse=True)
                            if n != t.current and v.status == "ready"
                            and self.registry.version_dir(tenant, n).is_dir()
@@ -282,9 +281,3 @@ class Learner:
 def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).replace(tzinfo=timezone.utc).timestamp()
 
-
-def job_summary(job: Job) -> dict:
-    return {"id": job.id, "kind": job.kind, "state": job.state, "memories": list(job.memory_ids),
-            "parent": job.parent_version, "version": job.version, "reason": job.reason,
-            "attempts": job.attempts, "created_at": job.created_at, "finished_at": job.finished_at,
-            "result": json.loads(json.dumps(job.result))}
