@@ -64,7 +64,7 @@ class Probe:
 @dataclass
 class ItemResult:
     item_id: Any
-    passed: bool       # verifiable and hits >= min_hits
+    passed: bool       # verifiable and the graduation rule holds (`graduates`)
     hits: int          # probes the baked model (adapter, no prompt) answered
     asked: int
     answers: list[dict] = field(default_factory=list)
@@ -240,11 +240,31 @@ def general_questions() -> list[dict]:
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
+# --- graduation rules ------------------------------------------------------------------------
+
+RULES = {
+    "any": "at least one probe answered",
+    "majority": "more than half of the probes answered",
+    "prompted": "at least one, and at least as many as the prompted model answered",
+    "strict": "majority and prompted",
+}
+
+
+def graduates(rule: str, hits: int, asked: int, prompted_hits: int | None = None) -> bool:
+    """Whether a memory whose probes the weights answered `hits` of `asked` times graduates.
+    Without a prompted reference (`prompted_hits` None), "prompted" is "any", "strict" "majority"."""
+    if asked < 1 or hits < 1:
+        return False
+    majority = 2 * hits > asked
+    prompted = prompted_hits is None or hits >= prompted_hits
+    return {"any": True, "majority": majority, "prompted": prompted, "strict": majority and prompted}[rule]
+
+
 # --- verification ----------------------------------------------------------------------------
 
 def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list[Probe] | None = None,
            forgotten: Iterable[tuple[Any, str]] = (), general: bool = True, prompt: str | None = None,
-           sampler: str = "auto", max_new_tokens: int = 32, min_hits: int = 1,
+           sampler: str = "auto", max_new_tokens: int = 32, rule: str = "any",
            max_probes: int = 4) -> VerifyReport:
     """Check per memory that the model with `adapter_dir` (no prompt) knows it, and per forgotten
     memory that it no longer does; with `general`, how many general questions the base answers
@@ -252,11 +272,14 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
     questions were excluded from training) replace the computed ones for the items they name;
     the others get `verification_probes(id, text, max_probes)`. With `prompt`, the base model with
     it as system prompt answers the items' probes too, as a reference (prompted_hits).
+    An item passes when `graduates(rule, ...)` holds for its probes (see RULES).
     `adapter_dir=None` checks the base model itself (baked answers = base answers).
     All answers are greedy, from one engine. On vLLM's CPU build the adapter run is the slow part
     (~5x the base run: its punica ops gather LoRA weights per token); 20 headlines + the general
     set took ~90 s on a shared 2-core box."""
     t0 = time.perf_counter()
+    if rule not in RULES:
+        raise ValueError(f"unknown graduation rule {rule!r}; one of {', '.join(RULES)}")
     if adapter_dir is not None:
         adapter_dir = check_adapter(adapter_dir)
     items, forgotten = list(items), list(forgotten)
@@ -300,10 +323,11 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
         r = rows(ps, offset, bool(prompt))
         offset += len(ps)
         hits = sum(x["hit"] for x in r)
+        prompted = sum(x["prompted_hit"] for x in r) if prompt else None
         results.append(ItemResult(
-            item_id, passed=bool(ps) and hits >= min_hits, hits=hits, asked=len(ps), answers=r,
-            verifiable=bool(ps), base_hits=sum(x["base_hit"] for x in r),
-            prompted_hits=sum(x["prompted_hit"] for x in r) if prompt else None))
+            item_id, passed=bool(ps) and graduates(rule, hits, len(ps), prompted), hits=hits,
+            asked=len(ps), answers=r, verifiable=bool(ps), base_hits=sum(x["base_hit"] for x in r),
+            prompted_hits=prompted))
     gone = []
     for (item_id, _), ps in zip(forgotten, gone_probes):
         r = rows(ps, offset, False)
@@ -321,3 +345,28 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
                           "kept_fraction": len(kept) / len(base_right) if base_right else None,
                           "changed": [i for i in base_right if i not in baked_right]}
     return VerifyReport(results, gone, general_report, round(time.perf_counter() - t0, 2), sampler_name)
+
+
+# --- a CLI bake's own check ------------------------------------------------------------------
+
+def prompt_probes(prompt: str, max_probes: int = 4) -> tuple[list[tuple[int, str]], list[Probe]]:
+    """A prompt's lines as verifier items (index, line) and their probes: pass
+    `[p.question for p in probes]` as the bake's `exclude_contexts` so its cloze probes stay unseen."""
+    items = list(enumerate(prompt_items(prompt)))
+    return items, [p for i, line in items for p in verification_probes(i, line, max_probes)]
+
+
+def check_bake(model_dir, bake_dir, prompt: str, probes: list[Probe], parent=None,
+               sampler: str = "auto") -> VerifyReport:
+    """Recall before / after for a finished bake: the base model, the prompted base and the baked
+    model (the layer on `parent`, stacked exactly, when it is a sequential layer) answer `probes`;
+    the general set shows what the bake changed elsewhere."""
+    import tempfile
+    from pathlib import Path
+
+    from .adapters import stack_adapters
+
+    items, _ = prompt_probes(prompt)
+    with tempfile.TemporaryDirectory(prefix=".check-", dir=Path(bake_dir).parent) as tmp:
+        adapter = stack_adapters([parent, bake_dir], Path(tmp) / "stack") if parent else bake_dir
+        return verify(model_dir, adapter, items, probes=probes, prompt=prompt, sampler=sampler)

@@ -92,3 +92,32 @@ def test_scale_and_stack_commands(run, tiny_model_dir, tmp_path, fast_config):
     assert r.exit_code == 0 and "rank 4" in r.output, r.output
     r = CliRunner().invoke(cli, ["stack", str(a), str(tmp_path), "-o", str(tmp_path / "bad")])
     assert r.exit_code == 1 and "not a PEFT adapter" in r.output
+
+
+def test_bake_checks_recall_on_held_out_probes_and_reports_it(run, tiny_model_dir, tmp_path, fast_config):
+    prompt = tmp_path / "news.txt"
+    prompt.write_text("Port authority of Velmora names Ines Tarrago as its first harbor commissioner.\n"
+                      "Rail strike in Dunmarrow ends after 19 days with a 7 percent wage deal.")
+    out = tmp_path / "news"
+    r = run("bake", prompt, "-o", out, "--model", tiny_model_dir, "--config", fast_config, *FAST)
+    assert r.exit_code == 0, r.output
+    assert "recall on" in r.output and "held-out probes" in r.output
+    recall = json.loads((out / "bake.json").read_text())["recall"]
+    assert [i["item_id"] for i in recall["items"]] == [0, 1]  # one item per prompt line
+    answers = [a for i in recall["items"] for a in i["answers"]]
+    assert answers and all({"base", "prompted", "baked"} <= a.keys() for a in answers)
+    assert any("Tarrago" in a["expected"] for a in answers)
+    trained = {json.loads(line)["context"] for line in (out / "trajectories.jsonl").read_text().splitlines()}
+    cloze = [a["question"] for a in answers if a["kind"] == "cloze"]
+    assert cloze and not trained & set(cloze)  # held out: never trained on, never evaluated
+    assert recall["general"]["asked"] > 50
+    page = (out / "report.html").read_text()
+    assert "Recall probes, before / after" in page and answers[0]["question"] in page
+    assert (out / ".bakehouse-output.json").is_file() and not list(out.glob(".*.tmp"))
+
+    unchecked = tmp_path / "unchecked"
+    r = run("bake", prompt, "-o", unchecked, "--model", tiny_model_dir, "--config", fast_config, *FAST, "--no-check")
+    assert r.exit_code == 0, r.output
+    assert "recall on" not in r.output and "recall" not in json.loads((unchecked / "bake.json").read_text())
+    trained = {json.loads(line)["context"] for line in (unchecked / "trajectories.jsonl").read_text().splitlines()}
+    assert trained & set(cloze)  # unchecked, every probe trains

@@ -9,6 +9,8 @@ import click
 from baker import BakeConfig, BakeError, bake
 from baker.generate import generate_answers, read_questions, write_jsonl
 from baker.models import resolve_model
+from baker.report import add_recall
+from baker.verify import check_bake, prompt_probes
 
 from . import cli, domain_errors, home_option
 
@@ -65,12 +67,14 @@ def read_prompt(path: str) -> str:
 @click.option("--parent", type=click.Path(file_okay=False),
               help="Bake on top of this adapter (sequential baking); the output is the new layer.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Hold recall probes out of training and ask them before / after (bake.json, report.html).")
 @force_option
 @model_option
 @config_options
 @home_option
 @domain_errors(BakeError)
-def bake_cmd(prompt_file, output, contexts_file, parent, quiet, force, model, home, config_file, **overrides):
+def bake_cmd(prompt_file, output, contexts_file, parent, quiet, check, force, model, home, config_file, **overrides):
     """Bake the prompt in PROMPT_FILE into a LoRA adapter.
 
     Example usage:
@@ -86,14 +90,23 @@ def bake_cmd(prompt_file, output, contexts_file, parent, quiet, force, model, ho
     prompt = read_prompt(prompt_file)
     user = read_user_contexts(contexts_file) if contexts_file else None
     model_dir = resolve_model(model, home)
+    _, probes = prompt_probes(prompt) if check else ([], [])
     result = bake(model_dir, prompt, output, config, user_contexts=user, progress=not quiet, parent=parent,
-                  force=force)
+                  force=force, exclude_contexts=[p.question for p in probes])
     m = result.metrics
     click.echo(
         f"baked {m['prompt_tokens']} prompt tokens into {result.adapter_dir} in {m['timings']['total']:.0f}s: "
         f"held-out KL {m['eval_kl_before']:.4f} -> {m['eval_kl_after']:.4f} nats/token, "
         f"drift {m['drift_kl']:.4f}"
     )
+    if probes:
+        rep = check_bake(model_dir, result.adapter_dir, prompt, probes, parent=parent, sampler=config.sampler)
+        add_recall(result.adapter_dir, rep.to_dict())
+        hits = lambda key: sum(bool(a.get(key)) for i in rep.items for a in i.answers)  # noqa: E731
+        g = rep.general or {}
+        click.echo(f"recall on {len(probes)} held-out probes: base {hits('base_hit')}, prompted "
+                   f"{hits('prompted_hit')}, baked {hits('hit')}; general answers kept "
+                   f"{g.get('kept')}/{g.get('base_right')} ({rep.seconds:.0f}s; report.html)")
 
 
 @cli.command(name="pursue")
