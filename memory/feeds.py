@@ -2,7 +2,7 @@
 
 A poll fetches (conditional GET for URLs, with a timeout and a size cap), parses with feedparser,
 and stores each new entry as a headline, de-duplicated by guid / link (per feed, across polls)
-and by content hash (per tenant). A source that is unreachable, malformed, empty or not a feed
+and by content hash (per tenant). A source that is unreachable, malformed or not a feed
 records the error on the feed row and stores nothing; what earlier polls stored stays.
 """
 from __future__ import annotations
@@ -292,9 +292,8 @@ def parse(body: bytes) -> Parsed:
         raise FeedError(f"malformed feed: {exc}")
     if not d.get("version"):
         raise FeedError("not an RSS or Atom feed")
+    # A feed with no entries yet (or none with a title or summary) is a feed: the poll finds 0 new.
     entries = [e for e in (_entry(raw) for raw in d.entries) if e is not None]
-    if not entries:
-        raise FeedError("the feed has no entries" + (" with a title or summary" if d.entries else ""))
     # Newest first (undated last, document order kept among equals), so a capped poll takes
     # the freshest news and the next poll the following slice.
     entries.sort(key=lambda e: e.published_at or "", reverse=True)

@@ -211,7 +211,6 @@ def test_a_huge_feed_is_taken_in_capped_slices(store, write):
 
 BAD = {
     "truncated": RSS2[: RSS2.index("<item>", RSS2.index("</item>"))] + "<item><title>Cut of",
-    "empty": '<?xml version="1.0"?><rss version="2.0"><channel><title>x</title></channel></rss>',
     "html page": "<html><head><title>Hi</title></head><body><p>Not a feed</p></body></html>",
     "json": '{"items": [{"title": "x"}]}',
     "nothing": "",
@@ -236,14 +235,14 @@ def test_a_bad_document_records_an_error_and_keeps_what_was_stored(store, write,
 
 
 def test_error_messages_say_what_is_wrong(store, write):
-    for name, expected in [("truncated", "malformed feed"), ("empty", "no entries"),
+    for name, expected in [("truncated", "malformed feed"), ("nothing", "not an RSS or Atom feed"),
                            ("html page", "not an RSS or Atom feed")]:
         feeds.add_feed(store, str(write(f"{name}.xml", BAD[name])))
     path = write("gone.xml", RSS2)
     feeds.add_feed(store, str(path))
     path.unlink()
     errors = [r.error for r in feeds.poll(store)]
-    assert "malformed feed" in errors[0] and "no entries" in errors[1]
+    assert "malformed feed" in errors[0] and "not an RSS or Atom feed" in errors[1]
     assert "not an RSS or Atom feed" in errors[2] and "cannot read feed file" in errors[3]
     assert store.tenants() == ["default"] and store.memories("default") == []
 
@@ -387,3 +386,86 @@ def test_due_feeds_follow_each_feeds_own_interval(tmp_path):
         assert add_feed(store, str(other), "alice", every_minutes=5).every_minutes == 5
         with pytest.raises(Exception, match="> 0"):
             add_feed(store, str(other), "alice", every_minutes=0)
+
+
+# -- feeds as a feed reader treats them ---------------------------------------------------------
+
+EMPTY = '<?xml version="1.0"?><rss version="2.0"><channel><title>Quiet Desk</title></channel></rss>'
+
+
+def test_a_feed_with_no_entries_yet_is_not_an_error(store, write):
+    path = write("quiet.xml", EMPTY)
+    feeds.add_feed(store, str(path))
+    r = feeds.poll(store)[0]
+    assert (r.error, r.new, r.feed.last_error, r.feed.title) == (None, 0, None, "Quiet Desk")
+    assert r.feed.last_ok_at is not None
+    path.write_text(rss([("a", "Alpha")]))  # the first story arrives
+    assert feeds.poll(store)[0].new == 1
+
+
+def test_feeds_poll_of_an_empty_feed_exits_0(tmp_path, write):
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+
+    home = ["--home", str(tmp_path / "home")]
+    r = CliRunner().invoke(cli, ["feeds", "add", str(write("quiet.xml", EMPTY)), *home])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["feeds", "poll", *home])
+    assert r.exit_code == 0 and "0 new" in r.output, r.output
+
+
+def opml_doc(*outlines: str) -> str:
+    return ('<?xml version="1.0"?><opml version="2.0"><head><title>mine</title></head><body>'
+            + "".join(outlines) + "</body></opml>")
+
+
+def test_opml_import_subscribes_reports_bad_entries_and_round_trips(store, write, tmp_path):
+    from memory import FeedError, opml
+
+    local = write("local.xml", rss([("a", "Alpha")]))
+    doc = opml_doc('<outline text="Remote" xmlUrl="https://news.example/rss"/>',
+                   f'<outline text="Folder"><outline text="Local" type="rss" xmlUrl="{local.as_uri()}"/></outline>',
+                   '<outline text="Again" xmlUrl="https://news.example/rss"/>',
+                   f'<outline text="Gone" xmlUrl="{(tmp_path / "gone.xml").as_uri()}"/>',
+                   '<outline text="Gopher" xmlUrl="gopher://old.example/feed"/>')
+    done = opml.import_opml(store, doc.encode(), tenant="alice")
+    assert [f.source for f in done.added] == ["https://news.example/rss", str(local)]
+    assert [s for s, _ in done.errors] == [(tmp_path / "gone.xml").as_uri(), "gopher://old.example/feed"]
+    assert "not found" in done.errors[0][1] and "unsupported" in done.errors[1][1]
+    again = opml.import_opml(store, doc.encode(), tenant="alice")
+    assert (again.added, len(again.existing)) == ([], 2)  # idempotent
+
+    exported = opml.export_opml(store, "alice")
+    assert [s for s, _ in opml.parse_opml(exported.encode())] == ["https://news.example/rss", local.as_uri()]
+    moved = opml.import_opml(store, exported.encode(), tenant="bob")  # the list moves to another tenant
+    assert sorted(f.source for f in moved.added) == sorted(f.source for f in feeds.list_feeds(store, "alice"))
+    assert opml.parse_opml(opml_doc().encode()) == []  # an empty list is a list
+
+    before = feeds.list_feeds(store)
+    for bad, why in [(opml_doc('<outline xmlUrl="https://x.example/rss"')[:-20], "malformed OPML"),
+                     ("<html><body>not a list</body></html>", "not an OPML subscription list"),
+                     ("", "malformed OPML")]:
+        with pytest.raises(FeedError, match=why):
+            opml.import_opml(store, bad.encode(), tenant="carol")
+    assert feeds.list_feeds(store) == before  # nothing added by a bad file
+
+
+def test_feeds_import_and_export_commands(tmp_path, write):
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+
+    home = ["--home", str(tmp_path / "home")]
+    local = write("local.xml", rss([("a", "Alpha")]))
+    subs = write("subs.opml", opml_doc(f'<outline text="Local" xmlUrl="{local.as_uri()}"/>'))
+    r = CliRunner().invoke(cli, ["feeds", "import", str(subs), "--tenant", "alice", *home])
+    assert r.exit_code == 0 and "1 added" in r.output, r.output
+    out = tmp_path / "alice.opml"
+    r = CliRunner().invoke(cli, ["feeds", "export", "--tenant", "alice", "-o", str(out), *home])
+    assert r.exit_code == 0 and local.as_uri() in out.read_text(), r.output
+    broken = write("broken.opml", opml_doc(f'<outline text="Gone" xmlUrl="{(tmp_path / "no.xml").as_uri()}"/>'))
+    r = CliRunner().invoke(cli, ["feeds", "import", str(broken), *home])
+    assert r.exit_code == 1 and "not added" in r.output and "feed file not found" in r.output
+    r = CliRunner().invoke(cli, ["feeds", "import", str(tmp_path / "missing.opml"), *home])
+    assert r.exit_code == 1 and "cannot read OPML file" in r.output

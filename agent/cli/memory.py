@@ -1,8 +1,9 @@
-"""`bakehouse remember`, `memories`, `forget`, `compose` and `feeds add|poll|list`."""
+"""`bakehouse remember`, `memories`, `forget`, `compose` and `feeds add|poll|list|import|export`."""
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import click
 
@@ -205,6 +206,59 @@ def feeds_poll(tenant, feed_id, max_new, timeout, home):
     failed = sum(1 for r in results if r.error)
     if failed:
         raise click.ClickException(f"{failed} of {len(results)} feeds failed")
+
+
+@feeds.command("import")
+@click.argument("opml_file", type=click.Path(dir_okay=False))
+@tenant_option
+@home_option
+@domain_errors(MemoryStoreError)
+def feeds_import(opml_file, tenant, home):
+    """Subscribe a tenant to every feed of an OPML subscription list (as feed readers export it).
+
+    Example usage:
+
+        bakehouse feeds import subscriptions.opml --tenant alice
+    """
+    from memory import opml
+
+    data = opml.read_opml(opml_file)
+    with _store(home) as store:
+        done = opml.import_opml(store, data, tenant)
+    for f in done.added:
+        click.echo(f"Added feed #{f.id} for tenant {f.tenant!r}: {f.source}")
+    click.echo(f"{len(done.added)} added, {len(done.existing)} already added, {len(done.errors)} not added")
+    for source, why in done.errors:
+        click.echo(f"not added: {source}: {why}", err=True)
+    if done.errors:
+        raise click.ClickException(f"{len(done.errors)} feeds of {opml_file} were not added")
+
+
+@feeds.command("export")
+@tenant_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (default: standard output).")
+@home_option
+@domain_errors(MemoryStoreError)
+def feeds_export(tenant, output, home):
+    """A tenant's feeds as an OPML subscription list.
+
+    Example usage:
+
+        bakehouse feeds export --tenant alice -o alice.opml
+    """
+    from memory import opml
+
+    with _store(home) as store:
+        text = opml.export_opml(store, tenant)
+    if output:
+        try:
+            tmp = Path(output).with_name(f".{Path(output).name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(output)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {output}: {e.strerror or e}") from e
+    else:
+        click.echo(text, nl=False)
 
 
 @feeds.command("list")
