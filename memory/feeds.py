@@ -25,6 +25,7 @@ TIMEOUT_S = 10.0
 MAX_BYTES = 10 * 1024 * 1024  # a feed document larger than this is refused
 MAX_NEW_PER_POLL = 200  # huge feeds are taken in slices of this many new entries per poll
 SUMMARY_CHARS = 280
+TITLE_CHARS = 500  # a headline longer than this is cut (a huge entry must not fail the poll)
 USER_AGENT = "bakehouse-feeds/0.1"
 
 # feedparser sets `bozo` for these while parsing the document fine.
@@ -302,7 +303,7 @@ def parse(body: bytes) -> Parsed:
 
 
 def _entry(raw) -> Entry | None:
-    title = _plain(raw.get("title", ""), raw.get("title_detail"))
+    title = _shorten(_plain(raw.get("title", ""), raw.get("title_detail")), TITLE_CHARS)
     summary = _shorten(_plain(raw.get("summary", ""), raw.get("summary_detail")), SUMMARY_CHARS)
     if not title and not summary:
         return None

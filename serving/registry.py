@@ -92,12 +92,19 @@ class Registry:
             return {}
         except (OSError, ValueError) as e:
             raise RegistryError(f"cannot read {self.path}: {e}") from e
-        if raw.get("schema") != SCHEMA:
-            raise RegistryError(f"{self.path}: unsupported schema {raw.get('schema')!r}")
+        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+            got = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
+            raise RegistryError(f"{self.path}: unsupported schema {got!r}")
         out = {}
-        for tenant, t in raw.get("tenants", {}).items():
-            versions = {int(v): Version(**rec) for v, rec in t.get("versions", {}).items()}
-            out[tenant] = TenantAdapters(t.get("current"), t.get("previous"), versions)
+        try:
+            for tenant, t in raw.get("tenants", {}).items():
+                versions = {int(v): Version(**rec) for v, rec in t.get("versions", {}).items()}
+                pointers = (t.get("current"), t.get("previous"))
+                if not all(p is None or (type(p) is int and p in versions) for p in pointers):
+                    raise ValueError(f"tenant {tenant!r} points at {pointers}, not at one of its versions")
+                out[tenant] = TenantAdapters(*pointers, versions)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise RegistryError(f"{self.path} is not a registry of the expected shape: {e}") from e
         return out
 
     def stamp(self) -> tuple[int, int, int] | None:
@@ -156,7 +163,11 @@ class Registry:
         _sweep_staging(tdir)
         staging = Path(tempfile.mkdtemp(prefix=f".incoming-{os.getpid()}-", dir=tdir))
         try:
+            inside = src.resolve()
             for f in sorted(src.iterdir()):  # top-level files only: config, weights, notes
+                if f.is_symlink() and not f.resolve().is_relative_to(inside):
+                    raise RegistryError(f"{f} is a symlink out of the adapter directory "
+                                        f"(to {f.resolve()}): refusing to publish it")
                 if f.is_file() and f.name != _OUTPUT_MARKER:
                     shutil.copy2(f, staging / f.name)
             # Validate the copy, not the source: what we checked is exactly what will be served.

@@ -52,9 +52,13 @@ class TenantStore:
             return {}
         except (OSError, ValueError) as e:
             raise TenantError(f"cannot read {self.path}: {e}") from e
-        if raw.get("schema") != SCHEMA:
-            raise TenantError(f"{self.path}: unsupported schema {raw.get('schema')!r}")
-        return {name: Tenant(**rec) for name, rec in raw.get("tenants", {}).items()}
+        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+            got = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
+            raise TenantError(f"{self.path}: unsupported schema {got!r}")
+        try:
+            return {name: Tenant(**rec) for name, rec in raw.get("tenants", {}).items()}
+        except (AttributeError, TypeError) as e:
+            raise TenantError(f"{self.path} is not a tenants file of the expected shape: {e}") from e
 
     def stamp(self) -> tuple[int, int, int] | None:
         try:

@@ -469,3 +469,13 @@ def test_feeds_import_and_export_commands(tmp_path, write):
     assert r.exit_code == 1 and "not added" in r.output and "feed file not found" in r.output
     r = CliRunner().invoke(cli, ["feeds", "import", str(tmp_path / "missing.opml"), *home])
     assert r.exit_code == 1 and "cannot read OPML file" in r.output
+
+
+def test_one_huge_entry_does_not_fail_the_poll(store, write):
+    huge = "Breaking " + "very " * 40_000 + "long headline."
+    feeds.add_feed(store, str(write("huge.xml", rss([("h", huge), ("a", "Alpha")]))))
+    r = feeds.poll(store)[0]
+    assert (r.error, r.new) == (None, 2)
+    texts = {m.text for m in store.memories("default")}
+    assert "Alpha" in texts and any(t.startswith("Breaking very") and t.endswith("…") and len(t) <= 501
+                                    for t in texts)

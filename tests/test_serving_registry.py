@@ -188,3 +188,47 @@ def test_tenant_names_must_match_whole(name):
 
     with pytest.raises(RegistryError):
         check_tenant_name(name)
+
+
+# -- files of the wrong shape, symlinks -----------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "[]", '"registry"', '{"schema": 1, "tenants": []}', '{"schema": 1, "tenants": {"alice": 3}}',
+    '{"schema": 1, "tenants": {"alice": {"versions": {"one": {}}}}}',
+    '{"schema": 1, "tenants": {"alice": {"versions": {"1": {"tenant": "alice"}}}}}',
+    '{"schema": 1, "tenants": {"alice": {"current": 7, "versions": {}}}}',
+    '{"schema": 1, "tenants": {"alice": {"current": "1", "versions": {}}}}',
+])
+def test_a_registry_of_the_wrong_shape_is_a_domain_error_naming_the_file(home, text):
+    reg = Registry(home)
+    reg.path.write_text(text)
+    with pytest.raises(RegistryError, match="registry.json"):
+        reg.load()
+
+
+@pytest.mark.parametrize("text", ["[]", '{"schema": 1, "tenants": []}', '{"schema": 1, "tenants": {"a": 1}}',
+                                  '{"schema": 1, "tenants": {"alice": {"name": "alice"}}}'])
+def test_a_tenants_file_of_the_wrong_shape_is_a_domain_error_naming_the_file(home, text):
+    store = TenantStore(home)
+    store.path.write_text(text)
+    with pytest.raises(TenantError, match="tenants.json"):
+        store.load()
+
+
+def test_publish_does_not_follow_symlinks_out_of_the_adapter_dir(home, adapters, tiny_model_dir, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    src = tmp_path / "sneaky"
+    src.mkdir()
+    for f in adapters["a"].iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    (src / "notes.txt").symlink_to(secret)
+    reg = Registry(home)
+    with pytest.raises(RegistryError, match="symlink out of the adapter directory"):
+        reg.publish("alice", src, tiny_model_dir, 64)
+    assert reg.load() == {} and not list((reg.root / "alice").glob("v*"))
+    (src / "notes.txt").unlink()
+    (src / "README.md").write_text("inside")
+    (src / "notes.txt").symlink_to(src / "README.md")  # a link inside the directory is fine
+    assert reg.publish("alice", src, tiny_model_dir, 64).version == 1
