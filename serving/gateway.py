@@ -10,6 +10,9 @@
   are done. A version vLLM refuses is marked failed in the registry and the pointer falls back.
 - After an engine restart nothing routes (503 + Retry-After) until every tenant's current
   adapter is loaded again.
+- Each forwarded answer says what served it: `X-Bakehouse-Version` (the version name or "base")
+  and `X-Bakehouse-Hot-Tokens` (the hot prompt put before the caller's messages, as counted by the
+  runtime in hot.json; 0 for none, absent when the file has no count).
 """
 from __future__ import annotations
 
@@ -38,7 +41,15 @@ from .errors import (
     ServingError,
     TenantError,
 )
-from .hot import hot_path, hot_text, read_hot, with_hot_prompt
+from .hot import (
+    HOT_TOKENS_HEADER,
+    VERSION_HEADER,
+    HotPrompt,
+    hot_path,
+    hot_prompt,
+    read_hot_prompts,
+    with_hot_prompt,
+)
 from .metrics import Metrics
 from .registry import Registry, Version
 from .tenants import TenantStore, authenticate, key_index
@@ -76,7 +87,7 @@ class Gateway:
         self.requests = 0
         self._synced_epoch = 0
         self._stamps: tuple = (None, None, None)
-        self.hot: dict[str, dict[str, str]] = {}  # tenant -> served name -> hot prompt (hot.py)
+        self.hot: dict[str, dict[str, HotPrompt]] = {}  # tenant -> served name -> hot prompt (hot.py)
         self.on_request: list = []  # callables run as each request starts (the runtime pauses bakes)
         self.metrics = Metrics()
         self._name_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -174,7 +185,7 @@ class Gateway:
                 log.error("keeping the previous registry: %s", e)
         if force or h_stamp != self._stamps[2]:
             try:
-                self.hot = read_hot(self.home)
+                self.hot = read_hot_prompts(self.home)
             except ServingError as e:
                 log.error("keeping the previous hot prompts: %s", e)
         self._stamps = (t_stamp, r_stamp, h_stamp)
@@ -346,7 +357,9 @@ class Gateway:
         if not self.ready:
             raise EngineUnavailable("the inference engine is (re)starting", retry_after=5)
         name = self.resolve(tenant, body.get("model"))
-        body = with_hot_prompt(body, path, hot_text(self.hot, tenant, name))
+        hot = hot_prompt(self.hot, tenant, name)
+        body = with_hot_prompt(body, path, hot.text)
+        served = served_headers("base" if name == self.cfg.served_base_name else name, hot)
         body["model"] = name
         body["cache_salt"] = tenant  # no prefix-cache timing channel between tenants on the base
         stream = bool(body.get("stream"))
@@ -372,7 +385,7 @@ class Gateway:
                 self._done(name)
             if resp.status_code == 200:
                 self.metrics.count_usage(tenant, _usage(content))
-            return self._upstream_response(resp, content)
+            return self._upstream_response(resp, content, served)
 
         async def relay():
             tail = b""
@@ -388,19 +401,21 @@ class Gateway:
                 self._done(name)
                 self.metrics.count_usage(tenant, _stream_usage(tail))
 
-        return StreamingResponse(relay(), media_type=resp.headers.get("content-type", "text/event-stream"))
+        return StreamingResponse(relay(), media_type=resp.headers.get("content-type", "text/event-stream"),
+                                 headers=served)
 
     def _done(self, name: str) -> None:
         self.inflight[name] -= 1
         self.last_request = time.time()
 
-    def _upstream_response(self, resp: httpx.Response, content: bytes) -> Response:
+    def _upstream_response(self, resp: httpx.Response, content: bytes, headers: dict[str, str]) -> Response:
         if resp.status_code == 404:
             # Our route names a model vLLM lacks: it restarted and we have not noticed yet. Its
             # message lists every loaded name (other tenants'): never pass it on.
             e = EngineUnavailable("the model is being reloaded into the engine; retry", retry_after=1)
             return JSONResponse(e.to_dict(), status_code=e.status, headers={"Retry-After": "1"})
-        return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+        return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"),
+                        headers=headers)
 
 
 def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:
@@ -490,6 +505,16 @@ def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:
         )
 
     return app
+
+
+def served_headers(version: str, hot: HotPrompt) -> dict[str, str]:
+    """What served a request: the version name ("base" for none) and the hot prompt's tokens."""
+    headers = {VERSION_HEADER: version}
+    if not hot.text:
+        headers[HOT_TOKENS_HEADER] = "0"
+    elif hot.tokens is not None:  # a hot.json from before the counts: the cost is unknown
+        headers[HOT_TOKENS_HEADER] = str(hot.tokens)
+    return headers
 
 
 def _usage(content: bytes) -> dict | None:

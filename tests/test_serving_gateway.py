@@ -276,12 +276,12 @@ def test_is_idle(gw):
 
 
 def test_hot_prompt_goes_before_the_callers_system_message_per_served_version(gw, home, tiny_model_dir, tiny_adapters):
-    from serving.hot import write_hot
+    from serving.hot import hot_prompt, write_hot
 
     client, gateway, fake, _, keys = gw
     write_hot(home, {"alice": {"*": {"text": "ALL MEMORIES"}, "base": {"text": "BASE HOT"},
                                "alice@v1": {"text": "V1 HOT"}}})
-    _wait(lambda: gateway.hot.get("alice", {}).get("base") == "BASE HOT")
+    _wait(lambda: hot_prompt(gateway.hot, "alice", "base").text == "BASE HOT")
     _chat(client, keys["alice"])
     assert fake.bodies[-1]["messages"] == [{"role": "system", "content": "BASE HOT"},
                                            {"role": "user", "content": "hi"}]
@@ -303,6 +303,30 @@ def test_hot_prompt_goes_before_the_callers_system_message_per_served_version(gw
     assert r.status_code == 200 and fake.bodies[-1]["prompt"] == "ALL MEMORIES\n\nQ:"
     r = client.post("/v1/completions", json={"prompt": [1, 2, 3]}, headers={"Authorization": f"Bearer {keys['alice']}"})
     assert r.status_code == 400 and "token ids" in r.json()["error"]["message"]
+
+
+def test_answers_name_the_served_version_and_the_hot_prompts_tokens(gw, home, tiny_model_dir, tiny_adapters):
+    from serving.hot import write_hot
+
+    client, gateway, _, _, keys = gw
+    write_hot(home, {"alice": {"*": {"text": "ALL", "tokens": 9}, "base": {"text": "BASE", "tokens": 5},
+                               "alice@v1": {"text": "V1", "tokens": 2}},
+                     "carol": {"*": {"text": "OLD FILE, NO COUNT"}}})
+    _wait(lambda: "carol" in gateway.hot)
+
+    def served(key):
+        return {k: v for k, v in _chat(client, key).headers.items() if k.startswith("x-bakehouse")}
+
+    assert served(keys["alice"]) == {"x-bakehouse-version": "base", "x-bakehouse-hot-tokens": "5"}
+    assert served(keys["bob"]) == {"x-bakehouse-version": "base", "x-bakehouse-hot-tokens": "0"}
+    assert served(keys["carol"]) == {"x-bakehouse-version": "base"}  # sent, but its cost is unknown
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: gateway.routes.get("alice") == "alice@v1")
+    assert served(keys["alice"]) == {"x-bakehouse-version": "alice@v1", "x-bakehouse-hot-tokens": "2"}
+    with client.stream("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {keys['alice']}"},
+                       json={"messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
+        assert r.headers["x-bakehouse-version"] == "alice@v1" and r.headers["x-bakehouse-hot-tokens"] == "2"
+    assert "x-bakehouse-version" not in _chat(client, "bh-000000000000-wrong").headers
 
 
 def test_a_corrupt_hot_file_keeps_the_previous_prompts(gw, home):
