@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (Context, clean_self_questions, generic_requests, probe_questions,
+from .contexts import (Context, clean_self_questions, focus_prompt, generic_requests, item_probes,
                        prompt_items, question_request, split)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
-from .kl import batch_kl, grouped_kl, kl_per_position, mean_kl, sequence_logprobs
+from .kl import batch_kl, grouped_kl, grouped_logprobs, kl_per_position, mean_kl, sequence_logprobs
 from .models import context_length, load_model, weights_hash
 from .outputs import prepare_output, replace_output, temp_dir
 from .report import write_report
@@ -129,7 +129,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     generic = generic_requests()
     contexts = [Context(c, "generic") for c in rng.sample(generic, min(config.generic_contexts, len(generic)))]
     if config.probe_questions:
-        contexts += [Context(c, "probe") for c in probe_questions(prompt)]
+        contexts += [Context(q, "probe", item) for q, item in item_probes(prompt)]
     contexts += [Context(c, "user") for c in user_contexts or []]
     n_prompt = check_prompt(prompt, tok, max_len, config, [c.text for c in contexts])
     need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64
@@ -145,7 +145,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             n = config.self_questions
             for j, item in enumerate(items):
                 decoded = [tok.decode(g, skip_special_tokens=True) for g in texts[j * n:(j + 1) * n]]
-                contexts += [Context(q, "self") for q in clean_self_questions(decoded, item)]
+                contexts += [Context(q, "self", item) for q in clean_self_questions(decoded, item)]
             contexts = list({c.text: c for c in contexts}.values())  # a question may repeat a probe
         if exclude_contexts:  # questions kept for a verifier: never trained on, never evaluated
             skip = set(exclude_contexts)
@@ -156,7 +156,10 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         # 2. sample trajectories from the prompted teacher (and, for drift, the plain base) -------
         t = time.perf_counter()
         bar.phase("sampling")
-        teacher_ctx = {c: chat_ids(tok, c.text, prompt) for c in train_ctx + held_ctx}
+        # A focused teacher sees only the item a question is about (config.focused_teachers)
+        system = {c: focus_prompt(prompt, c.item) if config.focused_teachers and c.item else prompt
+                  for c in train_ctx + held_ctx}
+        teacher_ctx = {c: chat_ids(tok, c.text, system[c]) for c in train_ctx + held_ctx}
         student_ctx = {c: chat_ids(tok, c.text) for c in train_ctx + held_ctx}
         k = config.samples_per_context
         gens = sampler.generate([teacher_ctx[c] for c in train_ctx + held_ctx], config.max_new_tokens,
@@ -179,8 +182,10 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     t = time.perf_counter()
     bar.phase("teacher")
     lp = dict(pad=pad, batch_size=config.batch_size, dtype=config.compute_dtype, store=config.teacher_cache_dtype)
-    teacher_train = sequence_logprobs(model, [teacher_ctx[c] for c in train_c], train_g, **lp)
-    teacher_held = sequence_logprobs(model, [teacher_ctx[c] for c in held_c], held_g, **lp)
+    teacher_train = grouped_logprobs(model, [teacher_ctx[c] for c in train_c], train_g,
+                                     [system[c] for c in train_c], **lp)
+    teacher_held = grouped_logprobs(model, [teacher_ctx[c] for c in held_c], held_g,
+                                    [system[c] for c in held_c], **lp)
     base_held = sequence_logprobs(model, [student_ctx[c] for c in held_ctx], base_gens, **lp)
     timings["teacher"] = time.perf_counter() - t
 

@@ -59,6 +59,7 @@ class BakeConfig:
     # names the probed span (54% of single samples do) -> 9 + 16; each context's teacher seeing
     # the headlines in one of 4 orders -> 9 + 18 and 7 + 12 (seeds 0, 1); defaults 8 + 17)
     probe_questions: bool = True  # questions derived from each line of the prompt
+    focused_teachers: bool = False  # a question about one line is answered by a teacher seeing that line
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
@@ -83,7 +84,7 @@ class BakeConfig:
         for name in ("alpha", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
             if not _is_number(getattr(self, name)):
                 raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
-        for name in ("probe_questions", "compile", "checkpoints"):
+        for name in ("probe_questions", "focused_teachers", "compile", "checkpoints"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not (0 <= self.lora_dropout < 1):

@@ -61,6 +61,30 @@ _DATE_PREFIX = re.compile(r"^\s*(?:[-*•]\s*)?(?:\(?\d{4}-\d{2}-\d{2}\)?[:\s-]*
 class Context:
     text: str
     source: str  # "generic" | "probe" | "self" | "user"
+    item: str | None = None  # the prompt line it asks about (probe and self questions)
+
+
+# Lines that are behaviour, not knowledge ("Always answer in French.", "You are Ada, the cook."):
+# a focused teacher keeps them, whatever item it is focused on.
+BEHAVIOUR = re.compile(r"(?:always|never|do not|don't|please|you (?:must|should|are)|be|answer|"
+                       r"respond|reply|use|write|speak|avoid)\b", re.I)
+
+
+def focus_prompt(prompt: str, item: str) -> str:
+    """The prompt cut down to what a question about `item` needs: the item, the prompt's
+    behaviour lines (persona, instructions) and the headers of the sections they are in. A small
+    model answers from one line far better than from twenty (12/20 -> 15/20 on the shared
+    headlines)."""
+    kept: list[tuple[bool, str]] = []  # (is a header, line)
+    for line in prompt_items(prompt):
+        body = _DATE_PREFIX.sub("", line).strip()
+        if line == item or BEHAVIOUR.match(body):
+            kept.append((False, line))
+        elif body.endswith(":") and len(body.split()) < 6:  # a section header ("Dated news:")
+            kept.append((True, line))
+    out = [line for j, (header, line) in enumerate(kept)
+           if not header or (j + 1 < len(kept) and not kept[j + 1][0])]  # headers of kept lines only
+    return "\n".join(out) if item in out else item
 
 
 def generic_requests() -> list[str]:
@@ -101,21 +125,29 @@ def names(item: str) -> list[str]:
 def probe_questions(prompt: str) -> list[str]:
     """Questions that cue each prompt line (its opening words) and each name it mentions, plus
     requests to restate the prompt; the teacher's answers carry the prompt's knowledge."""
-    out = list(RECALL_REQUESTS)
+    return [q for q, _ in item_probes(prompt)]
+
+
+def item_probes(prompt: str) -> list[tuple[str, str | None]]:
+    """`probe_questions` with the prompt line each asks about (None: the whole prompt)."""
+    out: list[tuple[str, str | None]] = [(r, None) for r in RECALL_REQUESTS]
     for item in prompt_items(prompt):
         words = _DATE_PREFIX.sub("", item).split()
         if len(words) < 4:  # headers and fragments carry too little to probe
             continue
         head = " ".join(words[: max(3, min(8, len(words) // 2))]).rstrip(",;:")
-        out.extend(t.format(head=head) for t in _LINE_TEMPLATES)
+        out.extend((t.format(head=head), item) for t in _LINE_TEMPLATES)
         found = names(item)
         line = _DATE_PREFIX.sub("", item).strip()
         for span in found + _NUMBER.findall(line):
             if span not in line:  # a name whose leading words were dropped still matches
                 continue
             what = line.rstrip(".!?;: ").replace(span, "what", 1)
-            out.extend(t.format(what=what) for t in _CLOZE_TEMPLATES)
-    return list(dict.fromkeys(out))
+            out.extend((t.format(what=what), item) for t in _CLOZE_TEMPLATES)
+    first: dict[str, str | None] = {}
+    for q, it in out:
+        first.setdefault(q, it)
+    return list(first.items())
 
 
 def clean_self_questions(texts: list[str], item: str = "", limit: int | None = None) -> list[str]:

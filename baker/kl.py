@@ -92,6 +92,19 @@ def sequence_logprobs(model, contexts: list[list[int]], gens: list[list[int]], p
     return out
 
 
+def grouped_logprobs(model, contexts: list[list[int]], gens: list[list[int]], groups: list, **kw) -> list[torch.Tensor]:
+    """`sequence_logprobs` per group of contexts with the same `groups` key (their system
+    prompt), so each group's shared prefix is read once; results in the order given."""
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out: list = [None] * len(contexts)
+    for idx in members.values():
+        for i, lp in zip(idx, sequence_logprobs(model, [contexts[i] for i in idx], [gens[i] for i in idx], **kw)):
+            out[i] = lp
+    return out
+
+
 def kl_per_position(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) over the full vocabulary at each position: (N, V) -> (N,)."""
     s = F.log_softmax(student_logits.float(), -1)

@@ -25,14 +25,13 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Hashable, Iterable
 
-from .contexts import _CLOZE_TEMPLATES, _DATE_PREFIX, _NUMBER, names, prompt_items
+from .contexts import _CLOZE_TEMPLATES, _DATE_PREFIX, _NUMBER, BEHAVIOUR, names, prompt_items
 from .generate import ask_runs, check_adapter
 
 COMPLETE_TEMPLATE = "Complete this sentence: {prefix}"
 # Memories that are instructions, not facts: their names ("French" of "Always answer in French.")
 # are no knowledge to ask about; whether they are followed is a behaviour check, not this one.
-_INSTRUCTION = re.compile(r"(?:always|never|do not|don't|please|you (?:must|should|are)|be|answer|"
-                          r"respond|reply|use|write|speak|avoid)\b", re.I)
+_INSTRUCTION = BEHAVIOUR
 
 # Capitalised words too common to count as an answer on their own: a span's last word ("Tarrago" of
 # "Ines Tarrago") is accepted alone, but not "Institute" of "Quillon Institute".

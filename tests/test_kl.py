@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from baker.chat import chat_ids
-from baker.kl import (batch_kl, common_prefix_len, gen_positions, mean_kl, pad_right,
+from baker.kl import (batch_kl, common_prefix_len, gen_positions, grouped_logprobs, mean_kl, pad_right,
                       sequence_logprobs)
 from baker.models import load_model
 
@@ -131,3 +131,14 @@ def test_compiled_training_step_matches_eager(tiny_model_dir):
     torch.testing.assert_close(kl.detach(), plain.detach(), atol=1e-4, rtol=1e-4)
     uncompile(layers)
     assert all(layer._compiled_call_impl is None for layer in layers)
+
+
+def test_grouped_logprobs_keep_the_order_and_equal_one_context_at_a_time(tiny):
+    model, tok = tiny
+    (ctx1, gens1), (ctx2, gens2) = _data(tok, "Line one is long. " * 8), _data(tok, "Line two, another. " * 8)
+    ctx, gens = [ctx1[0], ctx2[0], ctx1[1], ctx2[1]], [gens1[0], gens2[0], gens1[1], gens2[1]]
+    grouped = grouped_logprobs(model, ctx, gens, ["one", "two", "one", "two"], pad=tok.pad_token_id,
+                               batch_size=2, store="float32")
+    for i in range(4):
+        (alone,) = sequence_logprobs(model, [ctx[i]], [gens[i]], tok.pad_token_id, store="float32", share_prefix=False)
+        torch.testing.assert_close(grouped[i], alone, atol=2e-4, rtol=1e-4)
