@@ -4,11 +4,14 @@
 - `tiny_model_dir`: a tiny randomly initialised Llama (+ the real SmolLM2 tokenizer when it is
   installed, else a byte-level one) saved once per session, for fast unit tests.
 - `smollm2_dir`: the real SmolLM2-135M-Instruct, materialised once per session into a shared cache.
+- `served` (per module, skipped without vLLM): a real gateway + vLLM on SmolLM2 in this process.
 """
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -80,3 +83,47 @@ def headlines() -> list[dict]:
     if not path.is_file():
         pytest.skip(f"fixture data not found: {path}")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, smollm2_dir):
+    """Tenants alice (adapter a1 as v1), bob (b1 as v1) and carol (the base) behind a real gateway
+    and vLLM: SimpleNamespace(home, url, keys, ads, gateway, base). One engine per test module."""
+    pytest.importorskip("vllm")
+    import uvicorn
+    from serving_helpers import make_adapter, wait_ready
+
+    from serving.config import ServeConfig
+    from serving.engine import free_port
+    from serving.gateway import Gateway, create_app
+    from serving.registry import Registry
+    from serving.tenants import TenantStore
+
+    home = tmp_path_factory.mktemp("serve-home")
+    src = tmp_path_factory.mktemp("serve-adapters")
+    ads = {
+        "a1": make_adapter(smollm2_dir, src / "a1", seed=1, scale=2.0),
+        "b1": make_adapter(smollm2_dir, src / "b1", seed=2, scale=3.0),
+        "a2": make_adapter(smollm2_dir, src / "a2", seed=3, scale=3.0),
+    }
+    store = TenantStore(home)
+    keys = {n: store.add(n)[1] for n in ("alice", "bob", "carol")}
+    reg = Registry(home)
+    reg.publish("alice", ads["a1"], smollm2_dir, 16)
+    reg.publish("bob", ads["b1"], smollm2_dir, 16)
+    cfg = ServeConfig(
+        model_dir=smollm2_dir, port=free_port(), max_loras=4, max_cpu_loras=8, max_lora_rank=16,
+        kv_cache_bytes=512 << 20, max_model_len=1024, max_num_seqs=32, startup_timeout=600,
+    )
+    gateway = Gateway(cfg, home)
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=cfg.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{cfg.port}"
+    try:
+        wait_ready(url, 600)
+        yield SimpleNamespace(home=home, url=url, keys=keys, ads=ads, gateway=gateway, base=smollm2_dir)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        gateway.engine.stop()  # idempotent; makes sure no vLLM outlives the tests

@@ -1,7 +1,11 @@
-"""Helpers shared by tests/test_serving_*.py: build small PEFT LoRA adapters on a base model."""
+"""Helpers shared by the serving tests: small PEFT LoRA adapters on a base model, waiting for a
+gateway to be ready."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import httpx
 
 
 def make_adapter(
@@ -38,3 +42,16 @@ def corrupt_copy(src: Path, out: Path) -> Path:
     data = (src / "adapter_model.safetensors").read_bytes()
     (out / "adapter_model.safetensors").write_bytes(data[: len(data) // 3])
     return out
+
+
+def wait_ready(url: str, timeout: float) -> float:
+    """Seconds until the gateway at `url` answers /ready with 200; TimeoutError after `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"gateway not ready after {timeout:.0f} s")

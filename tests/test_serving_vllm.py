@@ -13,17 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
-from serving_helpers import corrupt_copy, make_adapter
+from serving_helpers import corrupt_copy, wait_ready
 
-from serving.config import ServeConfig
-from serving.engine import free_port
-from serving.gateway import Gateway, create_app
 from serving.registry import Registry
-from serving.tenants import TenantStore
 
 pytestmark = pytest.mark.vllm
 openai = pytest.importorskip("openai")
@@ -31,52 +26,6 @@ pytest.importorskip("vllm")
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 BAKEHOUSE = str(Path(sys.executable).with_name("bakehouse"))
-
-
-def _wait_ready(url: str, timeout: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"gateway not ready after {timeout:.0f} s")
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, smollm2_dir):
-    import uvicorn
-
-    home = tmp_path_factory.mktemp("serve-home")
-    src = tmp_path_factory.mktemp("serve-adapters")
-    ads = {
-        "a1": make_adapter(smollm2_dir, src / "a1", seed=1, scale=2.0),
-        "b1": make_adapter(smollm2_dir, src / "b1", seed=2, scale=3.0),
-        "a2": make_adapter(smollm2_dir, src / "a2", seed=3, scale=3.0),
-    }
-    store = TenantStore(home)
-    keys = {n: store.add(n)[1] for n in ("alice", "bob", "carol")}
-    reg = Registry(home)
-    reg.publish("alice", ads["a1"], smollm2_dir, 16)
-    reg.publish("bob", ads["b1"], smollm2_dir, 16)
-    cfg = ServeConfig(
-        model_dir=smollm2_dir, port=free_port(), max_loras=4, max_cpu_loras=8, max_lora_rank=16,
-        kv_cache_bytes=512 << 20, max_model_len=1024, max_num_seqs=32, startup_timeout=600,
-    )
-    gateway = Gateway(cfg, home)
-    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=cfg.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{cfg.port}"
-    try:
-        _wait_ready(url, 600)
-        yield SimpleNamespace(home=home, url=url, keys=keys, ads=ads, gateway=gateway, base=smollm2_dir)
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        gateway.engine.stop()  # idempotent; makes sure no vLLM outlives the tests
 
 
 def client(s, tenant, **kw):
@@ -251,7 +200,7 @@ def test_killed_vllm_is_restarted_with_the_same_versions(served):
     assert e.value.status_code == 503 and e.value.response.headers.get("retry-after")
     assert e.value.body["code"] == "engine_unavailable"
     assert httpx.get(f"{served.url}/ready").status_code == 503
-    _wait_ready(served.url, 600)
+    wait_ready(served.url, 600)
     assert engine.pid != old_pid and engine.restarts >= 1
     after = {t: ask(served, t) for t in ("alice", "bob", "carol")}
     assert after == before
