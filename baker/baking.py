@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (Context, clean_self_questions, focus_prompt, generic_requests, item_probes,
-                       prompt_items, question_request, split)
+from .contexts import (Context, anchor_questions, clean_self_questions, focus_prompt, generic_requests,
+                       item_probes, prompt_items, question_request, split)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
@@ -128,6 +128,9 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     rng = random.Random(config.seed)
     generic = generic_requests()
     contexts = [Context(c, "generic") for c in rng.sample(generic, min(config.generic_contexts, len(generic)))]
+    if config.anchors:  # unrelated questions, answered as the model without the prompt answers them
+        anchors = anchor_questions()
+        contexts += [Context(q, "anchor") for q in rng.sample(anchors, min(config.anchors, len(anchors)))]
     if config.probe_questions:
         contexts += [Context(q, "probe", item) for q, item in item_probes(prompt)]
     contexts += [Context(c, "user") for c in user_contexts or []]
@@ -157,8 +160,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         t = time.perf_counter()
         bar.phase("sampling")
         # A focused teacher sees only the item a question is about (config.focused_teachers)
-        system = {c: focus_prompt(prompt, c.item) if config.focused_teachers and c.item else prompt
-                  for c in train_ctx + held_ctx}
+        system = {c: None if c.source == "anchor" else focus_prompt(prompt, c.item)
+                  if config.focused_teachers and c.item else prompt for c in train_ctx + held_ctx}
         teacher_ctx = {c: chat_ids(tok, c.text, system[c]) for c in train_ctx + held_ctx}
         student_ctx = {c: chat_ids(tok, c.text) for c in train_ctx + held_ctx}
         k = config.samples_per_context
@@ -297,7 +300,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             "parent": None if parent is None else {"path": str(parent), "sha256": _file_hash(parent / "adapter_model.safetensors")},
             "prompt_sha256": prompt_hash(prompt),
             "prompt_tokens": n_prompt,
-            "contexts": {s: sum(c.source == s for c in train_ctx + held_ctx) for s in ("generic", "probe", "self", "user")},
+            "contexts": {s: sum(c.source == s for c in train_ctx + held_ctx)
+                         for s in ("generic", "probe", "self", "user", "anchor")},
             "trajectories": {"train": len(train_g), "heldout": len(held_g), "base_heldout": len(base_gens)},
             "epochs": epochs,
             "eval_kl_before": eval_kl_before,

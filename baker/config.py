@@ -60,6 +60,7 @@ class BakeConfig:
     # the headlines in one of 4 orders -> 9 + 18 and 7 + 12 (seeds 0, 1); defaults 8 + 17)
     probe_questions: bool = True  # questions derived from each line of the prompt
     focused_teachers: bool = False  # a question about one line is answered by a teacher seeing that line
+    anchors: int = 0  # unrelated questions whose target is the model without the prompt (against drift)
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
@@ -78,7 +79,7 @@ class BakeConfig:
         for name in positive:
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("generic_contexts", "self_questions", "min_steps"):
+        for name in ("generic_contexts", "self_questions", "min_steps", "anchors"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         for name in ("alpha", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):

@@ -60,7 +60,7 @@ _DATE_PREFIX = re.compile(r"^\s*(?:[-*•]\s*)?(?:\(?\d{4}-\d{2}-\d{2}\)?[:\s-]*
 @dataclass(frozen=True)
 class Context:
     text: str
-    source: str  # "generic" | "probe" | "self" | "user"
+    source: str  # "generic" | "probe" | "self" | "user" | "anchor" (its teacher has no prompt)
     item: str | None = None  # the prompt line it asks about (probe and self questions)
 
 
@@ -88,7 +88,16 @@ def focus_prompt(prompt: str, item: str) -> str:
 
 
 def generic_requests() -> list[str]:
-    raw = resources.files("baker").joinpath("data/generic_requests.txt").read_text()
+    return _shipped("generic_requests.txt")
+
+
+def anchor_questions() -> list[str]:
+    """Questions unrelated to any memory: their target is the unprompted model (config.anchors)."""
+    return _shipped("anchor_questions.txt")
+
+
+def _shipped(name: str) -> list[str]:
+    raw = resources.files("baker").joinpath("data", name).read_text()
     return [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -201,7 +210,7 @@ def split(contexts: list[Context], heldout_fraction: float, seed: int):
     """Train / held-out split, stratified by source so every source is evaluated."""
     rng = random.Random(seed)
     train, held = [], []
-    for source in ("generic", "probe", "self", "user"):
+    for source in ("generic", "probe", "self", "user", "anchor"):
         group = [c for c in contexts if c.source == source]
         rng.shuffle(group)
         k = round(len(group) * heldout_fraction) if len(group) > 1 else 0

@@ -57,7 +57,8 @@ drift {m.get('drift_kl', 0):.4f} &middot; {m.get('trajectories', {}).get('train'
 <h2>KL per epoch</h2>{kl_chart(m.get('epochs', []), m.get('eval_kl_before'))}
 <h2>Held-out KL by context source, before / after</h2>
 <p>probe: the prompt's recall probes (its names and numbers asked for); self: questions the model wrote
-about each line; generic: everyday requests (drift).</p><table><tr><th>source</th><th>before</th><th>after</th></tr>{rows}</table>
+about each line; generic: everyday requests (drift); anchor: unrelated questions whose target is the model
+without the prompt.</p><table><tr><th>source</th><th>before</th><th>after</th></tr>{rows}</table>
 {recall_section(m['recall']) if m.get('recall') else ''}
 <h2>Timings</h2><table>{timings}</table>
 <h2>Config</h2><pre>{cfg}</pre></body></html>"""

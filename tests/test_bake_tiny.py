@@ -217,3 +217,12 @@ def test_config_refuses_wrong_types_naming_the_field(field, value):
 
     with pytest.raises(ConfigError, match=field):
         BakeConfig(**{field: value})
+
+
+def test_anchors_start_at_the_unprompted_model_and_focused_teachers_bake(tiny_model_dir, tmp_path):
+    cfg = FAST.replace(epochs=1, anchors=12, focused_teachers=True)
+    m = bake(tiny_model_dir, PROMPT, tmp_path / "anchored", cfg, progress=False).metrics
+    assert m["contexts"]["anchor"] == 12
+    anchor = m["eval_kl_by_source"]["anchor"]
+    # the student starts as the unprompted model, which is exactly the anchors' teacher
+    assert anchor["before"] < 1e-3 < m["eval_kl_by_source"]["probe"]["before"]
