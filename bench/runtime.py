@@ -122,6 +122,7 @@ def main():
     ap.add_argument("--per-tenant", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
+    ap.add_argument("--graduation", default=None, help="The runtime's --graduation rule (default: its own).")
     ap.add_argument("--requests", type=int, default=20, help="Requests per latency sample.")
     ap.add_argument("--timeout", type=float, default=7200.0)
     ap.add_argument("--skip-no-pause", action="store_true", help="Skip the unpaused-bake comparison run.")
@@ -140,7 +141,10 @@ def main():
     extra = ["--idle-seconds", str(args.idle_seconds), "--max-tries", "1", "--feed-minutes", "1440"]
     if args.epochs:
         extra += ["--epochs", str(args.epochs)]
-    out: dict = {"tenants": args.tenants, "per_tenant": args.per_tenant, "epochs": args.epochs}
+    if args.graduation:
+        extra += ["--graduation", args.graduation]
+    out: dict = {"tenants": args.tenants, "per_tenant": args.per_tenant, "epochs": args.epochs,
+                 "graduation": args.graduation}
 
     s = RunSession(work, model, args=tuple(extra))
     for n in names:
@@ -164,7 +168,9 @@ def main():
                 polled_at[n] = time.monotonic()
                 while True:  # one-token probes: the figure is the hot tier's delay, not a chat's
                     _, resp = load.one(n, max_tokens=1)
-                    if resp and resp["prompt_tokens"] > base_tokens + 20:
+                    # any growth is the hot prompt: it replaces the template's default system
+                    # prompt, so one headline adds only ~20 tokens
+                    if resp and resp["prompt_tokens"] > base_tokens:
                         to_hot.append(time.monotonic() - polled_at[n])
                         break
                     if time.monotonic() - polled_at[n] > 30:

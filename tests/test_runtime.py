@@ -456,3 +456,21 @@ def test_concurrent_bakes_run_one_per_tenant_at_once(home, tiny_model_dir):
         finally:
             lr.stop()
         assert [j.state for j in store.jobs.list()] == ["queued", "queued"]
+
+
+def test_the_graduation_rule_is_checked_and_reaches_the_bake_spec(home, tiny_model_dir):
+    with pytest.raises(ValueError, match="graduation must be one of"):
+        RuntimeConfig(home=home, model_dir=tiny_model_dir, graduation="most")
+    store = MemoryStore.in_home(home, actor="test")
+    cfg = RuntimeConfig(home=home, model_dir=tiny_model_dir, idle_seconds=0, sampler="hf", graduation="strict",
+                        bake_overrides=TINY_BAKE)
+    lr = Learner(cfg, store, lambda: 1e9)
+    try:
+        lr.recover()
+        store.add("alice", "fact", "The ship is called the Marigold.")
+        lr.tick()
+        (p,) = lr.procs.values()
+        assert json.loads((p.out / "spec.json").read_text())["rule"] == "strict"
+    finally:
+        lr.stop()
+        store.close()

@@ -146,3 +146,22 @@ def test_verify_tells_knowing_from_not_knowing_on_the_real_model(smollm2_dir, he
     assert sum(r.prompted_hits for r in rep.items) >= 3
     assert sum(r.base_hits for r in rep.items) == 0
     assert all(r.verifiable and r.hits == 0 and not r.passed for r in rep.items)
+
+
+def test_graduation_rules():
+    from baker.verify import RULES, graduates
+
+    assert set(RULES) == {"any", "majority", "prompted", "strict"}
+    assert not any(graduates(r, 0, 4, 0) for r in RULES)  # no hit never graduates
+    assert not any(graduates(r, 1, 0, None) for r in RULES)  # nothing asked: nothing known
+    assert graduates("any", 1, 4, 3) and not graduates("majority", 1, 4, 3) and not graduates("prompted", 1, 4, 3)
+    assert graduates("majority", 3, 4, 4) and not graduates("strict", 3, 4, 4) and graduates("strict", 3, 4, 3)
+    assert not graduates("majority", 1, 2, None) and graduates("prompted", 1, 2, 1)
+    assert graduates("prompted", 1, 4, None) and not graduates("strict", 1, 4, None)  # no reference
+
+
+def test_verify_refuses_an_unknown_rule(tiny_model_dir):
+    mine = [Probe("h01", "Who is the harbor commissioner?", ("Tarrago",)),
+            Probe("h01", "Name the harbor commissioner.", ("zzzz",))]
+    with pytest.raises(ValueError, match="unknown graduation rule"):
+        verify(tiny_model_dir, None, [("h01", HEADLINE)], probes=mine, general=False, sampler="hf", rule="most")

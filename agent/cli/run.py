@@ -7,6 +7,7 @@ import logging
 import click
 
 from baker.errors import BakeError
+from baker.verify import RULES
 from memory import MemoryStoreError
 from serving.config import VLLM_LORA_RANKS
 from serving.errors import ServingError
@@ -38,6 +39,8 @@ from . import cli, domain_errors, home_option
               help="Share of the general questions the base answers right that a new version must keep.")
 @click.option("--gate-recheck", default=1.0, show_default=True,
               help="Share of the earlier graduated memories a new version must still hold.")
+@click.option("--graduation", default="any", show_default=True, type=click.Choice(list(RULES)),
+              help="When a memory leaves the prompt: " + "; ".join(f"{k}: {v}" for k, v in RULES.items()) + ".")
 @click.option("--min-steps", default=0, show_default=True,
               help="Optimiser steps a bake takes at least (a bake of a few memories gets more epochs).")
 @click.option("--admin-key", default=None, envvar="BAKEHOUSE_ADMIN_KEY",
@@ -48,7 +51,7 @@ from . import cli, domain_errors, home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
 def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch, max_wait, max_batch,
         max_tries, max_lora_rank, max_layers, epochs, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
-        min_steps, admin_key, log_format, home):
+        graduation, min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
     baked into a new LoRA layer in idle time, verified, and swapped in.
 
@@ -82,7 +85,7 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch
                         max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
                         concurrent_bakes=concurrent_bakes,
                         kv_cache_gib=kv_cache_gib, gate_general=gate_general, gate_recheck=gate_recheck,
-                        bake_overrides=overrides)
+                        graduation=graduation, bake_overrides=overrides)
     click.echo(f"bakehouse run: gateway on http://{host}:{port}, base model {cfg.model_dir.name}; "
                f"logs in {log_path.parent}")
     from ..runtime.page import ensure_admin_key

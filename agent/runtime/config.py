@@ -24,6 +24,7 @@ class RuntimeConfig:
     retry_after_failure: float = 300.0  # s before a tenant whose bake crashed is planned again
     gate_recheck: float = 1.0  # share of earlier graduated memories a new version must still hold
     gate_general: float = 0.9  # share of the base's right general answers a new version must keep
+    graduation: str = "any"  # when a memory's probes say the weights hold it (baker.verify.RULES)
     pause_bakes: bool = True  # SIGSTOP the bake while requests are served
     feed_minutes: float = 15.0  # how often every feed is polled
     tick_seconds: float = 1.0  # planner period
@@ -42,6 +43,10 @@ class RuntimeConfig:
         for name in ("idle_seconds", "max_wait", "retry_after_failure", "feed_minutes"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        from baker.verify import RULES
+
+        if self.graduation not in RULES:
+            raise ValueError(f"graduation must be one of {', '.join(RULES)}, got {self.graduation!r}")
         for name in ("gate_recheck", "gate_general"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")

@@ -165,6 +165,7 @@ class Learner:
             "parent": str(parent) if parent else None,
             "config": self.bake_config.to_dict(),
             "sampler": self.cfg.sampler,
+            "rule": self.cfg.graduation,
             "memories": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in mems],
             "recheck": [{"id": m.id, "text": m.text} for m in recheck],
             "forgotten": [{"id": m.id, "text": m.text} for m in self._invalid_ever_held(job.tenant)],

@@ -6,7 +6,8 @@ SPEC (written by the runtime, agent/runtime/bakes.py):
     {"model_dir", "out_dir", "parent": adapter dir or null, "config": {BakeConfig fields},
      "memories": [{"id", "kind", "text", "valid_from"}],   # to bake and graduate
      "recheck": [{"id", "text"}],                           # graduated earlier: must still hold
-     "forgotten": [{"id", "text"}]}                         # must no longer be recalled
+     "forgotten": [{"id", "text"}],                         # must no longer be recalled
+     "rule": graduation rule (baker.verify.RULES), default "any"}
 
 It writes OUT_DIR/result.json (the candidate adapter, per-memory outcomes, bake figures) or
 OUT_DIR/error.json with the reason, and exits 0 / 1. The runtime decides what to publish.
@@ -73,6 +74,7 @@ def run(spec: dict) -> dict:
     report = verify(spec["model_dir"], candidate,
                     [(m["id"], m["text"]) for m in memories + spec["recheck"]],
                     probes=[p for ps in probes.values() for p in ps], forgotten=forgotten,
+                    prompt=bake_prompt(memories), rule=spec.get("rule", "any"),
                     sampler=spec.get("sampler", "auto"))
     m = result.metrics
     return {
