@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .limits import Limits
+
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts
 
 
@@ -32,6 +34,7 @@ class ServeConfig:
     # of them for its scheduler process (on 2 cores, half the compute); vLLM's "auto" above that.
     cpu_threads_bind: str | None = None
     extra_engine_args: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)  # what and how much a tenant may send (limits.py)
 
     def __post_init__(self):
         self.model_dir = Path(self.model_dir)

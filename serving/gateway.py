@@ -50,6 +50,7 @@ from .hot import (
     read_hot_prompts,
     with_hot_prompt,
 )
+from .limits import RateLimited, TenantMeter, TooLarge, check_body
 from .metrics import Metrics
 from .registry import Registry, Version
 from .tenants import TenantStore, authenticate, key_index
@@ -83,6 +84,7 @@ class Gateway:
         self.retiring: set[str] = set()  # old versions to unload once idle
         self.load_errors: dict[str, str] = {}
         self.inflight: Counter[str] = Counter()  # by vLLM model name
+        self.meter = TenantMeter(cfg.limits)  # by tenant: in flight, tokens in the last minute
         self.last_request = 0.0  # time.time() of the last request start or end
         self.requests = 0
         self._synced_epoch = 0
@@ -346,12 +348,16 @@ class Gateway:
     async def forward(self, request: Request, path: str) -> Response:
         tenant = self.authenticate(request)
         request.state.tenant = tenant  # for the metrics
+        raw = await request.body()
+        if len(raw) > self.cfg.limits.max_body_bytes:
+            raise TooLarge(f"request body of {len(raw)} bytes > {self.cfg.limits.max_body_bytes}")
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError as e:
             raise BadRequest(f"request body is not valid JSON: {e}") from e
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
+        check_body(body, path, self.cfg.limits, self.cfg.max_model_len)
         if body.get("seed") is not None and not self.cfg.allow_request_seed:
             raise BadRequest("per-request 'seed' is not supported by this engine; it uses a global seed")
         if not self.ready:
@@ -364,6 +370,7 @@ class Gateway:
         body["cache_salt"] = tenant  # no prefix-cache timing channel between tenants on the base
         stream = bool(body.get("stream"))
 
+        self.meter.admit(tenant)  # 429 past the tenant's share
         for hook in self.on_request:
             hook(tenant)
         # Count before the first await: the retire step can never unload a version mid-request.
@@ -374,17 +381,18 @@ class Gateway:
             req = self.client.build_request("POST", f"{self.engine.url}{path}", json=body)
             resp = await self.client.send(req, stream=stream)
         except httpx.HTTPError as e:
-            self._done(name)
+            self._done(name, tenant)
             raise EngineUnavailable(f"the inference engine is unreachable ({type(e).__name__})") from e
         if not stream or resp.status_code != 200:
+            content, usage = b"", None
             try:
                 content = await resp.aread() if stream else resp.content
+                usage = _usage(content) if resp.status_code == 200 else None
             finally:
                 if stream:
                     await resp.aclose()
-                self._done(name)
-            if resp.status_code == 200:
-                self.metrics.count_usage(tenant, _usage(content))
+                self._done(name, tenant, usage)
+            self.metrics.count_usage(tenant, usage)
             return self._upstream_response(resp, content, served)
 
         async def relay():
@@ -398,13 +406,15 @@ class Gateway:
                 yield f"data: {json.dumps(err)}\n\n".encode()
             finally:
                 await resp.aclose()
-                self._done(name)
-                self.metrics.count_usage(tenant, _stream_usage(tail))
+                usage = _stream_usage(tail)
+                self._done(name, tenant, usage)
+                self.metrics.count_usage(tenant, usage)
 
         return StreamingResponse(relay(), media_type=resp.headers.get("content-type", "text/event-stream"),
                                  headers=served)
 
-    def _done(self, name: str) -> None:
+    def _done(self, name: str, tenant: str, usage: dict | None = None) -> None:
+        self.meter.done(tenant, usage)
         self.inflight[name] -= 1
         self.last_request = time.time()
 
@@ -436,7 +446,7 @@ def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, e: ServingError):
         headers = {}
-        if isinstance(e, EngineUnavailable):
+        if isinstance(e, (EngineUnavailable, RateLimited)):
             headers["Retry-After"] = str(e.retry_after)
         if isinstance(e, AuthError):
             headers["WWW-Authenticate"] = "Bearer"

@@ -18,6 +18,7 @@ from serving_helpers import make_adapter
 
 from serving.config import ServeConfig
 from serving.gateway import Gateway, create_app, read_status
+from serving.limits import Limits, TenantMeter
 from serving.registry import Registry
 from serving.tenants import TenantStore
 
@@ -60,7 +61,7 @@ class FakeVLLM:
             m = body["model"]
             if m != "base" and m not in self.loaded:
                 return JSONResponse({"error": {"message": f"The model `{m}` does not exist. Valid: {list(self.loaded)}"}}, 404)
-            await asyncio.sleep(body.get("delay", 0))
+            await asyncio.sleep((body.get("metadata") or {}).get("delay", 0))
             return {"object": "chat.completion", "model": m, "choices": [{"message": {"content": f"from {m}"}}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
 
@@ -99,12 +100,17 @@ def tiny_adapters(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture
-def gw(home, tiny_model_dir):
+def limits():
+    return Limits()
+
+
+@pytest.fixture
+def gw(home, tiny_model_dir, limits):
     """(client, gateway, fake vllm, fake engine, keys)"""
     store = TenantStore(home)
     keys = {n: store.add(n)[1] for n in ("alice", "bob", "carol")}
     fake, engine = FakeVLLM(), FakeEngine()
-    cfg = ServeConfig(model_dir=tiny_model_dir, poll_interval=0.05)
+    cfg = ServeConfig(model_dir=tiny_model_dir, poll_interval=0.05, limits=limits)
     gateway = Gateway(cfg, home, engine=engine, transport=httpx.ASGITransport(app=fake.app))
     with TestClient(create_app(gateway)) as client:
         _wait(lambda: gateway.ready)
@@ -208,7 +214,7 @@ def test_old_version_stays_loaded_until_its_requests_finish(gw, home, tiny_model
     _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
     _wait(lambda: gateway.routes.get("alice") == "alice@v1")
     out = {}
-    slow = threading.Thread(target=lambda: out.update(r=_chat(client, keys["alice"], delay=1.0)))
+    slow = threading.Thread(target=lambda: out.update(r=_chat(client, keys["alice"], metadata={"delay": 1.0})))
     slow.start()
     _wait(lambda: gateway.inflight["alice@v1"] == 1)
     _publish(home, tiny_model_dir, "alice", tiny_adapters[1])
@@ -367,3 +373,63 @@ def test_metrics_are_prometheus_text_with_tenant_names_only(gw, home, tiny_model
     for key in keys.values():
         assert key not in r.text and key[:15] not in r.text
     assert str(home) not in r.text
+
+
+# -- what and how much a tenant may send -------------------------------------------------------
+
+@pytest.mark.parametrize("extra, status, message", [
+    ({"vllm_xargs": {"x": 1}}, 400, "unsupported field 'vllm_xargs'"),
+    ({"kv_transfer_params": {}, "priority": 9}, 400, "unsupported field 'kv_transfer_params' (and 1 more)"),
+    ({"request_id": "mine"}, 400, "unsupported field 'request_id'"),
+    ({"n": 50}, 400, "'n' must be an integer from 1 to 4"),
+    ({"max_tokens": 10**6}, 400, "'max_tokens' must be an integer from 1 to 2048"),
+    ({"max_completion_tokens": "9"}, 400, "'max_completion_tokens' must be an integer"),
+    ({"messages": [{"role": "user", "content": "hi"}] * 300}, 400, "too many messages: 300 > 256"),
+    ({"messages": [{"content": "no role"}]}, 400, "messages[0] must be an object with a role"),
+    ({"messages": [{"role": "user", "content": "x" * (1 << 20)}]}, 413, "request body of"),
+])
+def test_only_bounded_openai_fields_reach_the_engine(gw, extra, status, message):
+    client, _, fake, _, keys = gw
+    r = _chat(client, keys["alice"], **extra)
+    assert r.status_code == status and message in r.json()["error"]["message"], r.text
+    assert fake.bodies == []  # nothing was forwarded
+    ok = _chat(client, keys["alice"], temperature=0.2, max_tokens=16, n=2, stream_options=None, user="u1")
+    assert ok.status_code == 200 and fake.bodies[-1]["max_tokens"] == 16
+
+
+@pytest.mark.parametrize("limits", [Limits(max_inflight=1)])
+def test_a_tenant_past_its_concurrency_gets_429_and_others_do_not(gw, limits):
+    client, gateway, _, _, keys = gw
+    out = {}
+    slow = threading.Thread(target=lambda: out.update(r=_chat(client, keys["alice"], metadata={"delay": 1.0})))
+    slow.start()
+    _wait(lambda: gateway.meter.inflight["alice"] == 1)
+    r = _chat(client, keys["alice"])
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
+    assert _chat(client, keys["bob"]).status_code == 200  # another tenant is not held up
+    slow.join()
+    assert out["r"].status_code == 200 and gateway.meter.inflight["alice"] == 0
+    assert _chat(client, keys["alice"]).status_code == 200
+
+
+@pytest.mark.parametrize("limits", [Limits(tokens_per_minute=15)])
+def test_a_tenant_past_its_token_rate_gets_429_with_retry_after(gw, limits):
+    client, _, _, _, keys = gw
+    assert [_chat(client, keys["alice"]).status_code for _ in range(2)] == [200, 200]  # 10 tokens each
+    r = _chat(client, keys["alice"])
+    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60 and "20 of 15 tokens" in r.text
+    assert _chat(client, keys["bob"]).status_code == 200
+
+
+def test_the_token_window_slides():
+    now = [0.0]
+    meter = TenantMeter(Limits(tokens_per_minute=100), clock=lambda: now[0])
+    meter.admit("a")
+    meter.done("a", {"total_tokens": 120})
+    now[0] = 30.0
+    with pytest.raises(Exception, match="120 of 100") as e:
+        meter.admit("a")
+    assert e.value.retry_after == 30
+    now[0] = 60.5
+    meter.admit("a")  # the minute has passed
+    assert meter.inflight["a"] == 1
