@@ -80,6 +80,8 @@ class Gateway:
         self._key_index: dict = {}
         self._desired: dict[str, Version | None] = {}  # the registry's pointers, last read
         self.routes: dict[str, str] = {}  # tenant -> vLLM name routed now (absent: base)
+        # tenants whose adapter a fresh engine does not hold yet: 503, never the base under their name
+        self.unrouted: set[str] = set()
         self.loaded: set[str] = set()  # adapter names loaded in the current engine epoch
         self.retiring: set[str] = set()  # old versions to unload once idle
         self.load_errors: dict[str, str] = {}
@@ -211,6 +213,7 @@ class Gateway:
         self.loaded.clear()
         self.retiring.clear()
         self._refresh_files(force=True)
+        self.unrouted = {t for t, v in self._desired.items() if v is not None}
         await self.reconcile(fresh_engine=True)
         self._synced_epoch = self.engine.epoch
         self._write_status(force=True)
@@ -225,6 +228,7 @@ class Gateway:
             want = self._desired.get(tenant)
             if want is None:  # no adapter (or all refused): the base model serves
                 self._route(tenant, None)
+                self.unrouted.discard(tenant)
                 return
             if self.routes.get(tenant) == want.name and want.name in self.loaded:
                 return
@@ -240,6 +244,7 @@ class Gateway:
             if error == "engine down":
                 if fresh_engine:  # do not route a fresh engine to a version it does not hold
                     self.routes.pop(tenant, None)
+                    self.unrouted.add(tenant)
                 return
             log.error("vLLM refused %s: %s", want.name, error)
             self.load_errors[tenant] = f"{want.name}: {error}"
@@ -248,9 +253,13 @@ class Gateway:
         log.error("tenant %s: giving up after repeated load failures", tenant)
 
     def _reread_pointer(self, tenant: str) -> None:
-        t = self.registry.load().get(tenant)
+        # Stamp before reading: a publish landing in between is then seen by the next poll
+        # (stamping after would record the new file as read while this tenant's view is older).
+        stamp = self.registry.stamp()
+        state = self.registry.load()
+        t = state.get(tenant)
         self._desired[tenant] = t.versions[t.current] if t and t.current is not None else None
-        self._stamps = (self._stamps[0], self.registry.stamp(), self._stamps[2])
+        self._stamps = (self._stamps[0], stamp, self._stamps[2])
 
     def _route(self, tenant: str, name: str | None) -> None:
         old = self.routes.get(tenant)
@@ -258,6 +267,7 @@ class Gateway:
             self.routes.pop(tenant, None)
         else:
             self.routes[tenant] = name
+            self.unrouted.discard(tenant)
             self.retiring.discard(name)  # a rollback may revive a version not yet unloaded
         if old != name:
             self._status_dirty = True
@@ -343,6 +353,8 @@ class Gateway:
         current = self.routes.get(tenant)
         if requested not in (None, "", tenant, current):
             raise ModelNotFound(f"The model '{requested}' does not exist or you do not have access to it.")
+        if current is None and tenant in self.unrouted:
+            raise EngineUnavailable("this tenant's model is being loaded into the engine; retry", retry_after=1)
         return current or self.cfg.served_base_name
 
     async def forward(self, request: Request, path: str) -> Response:

@@ -27,6 +27,7 @@ class FakeVLLM:
     def __init__(self):
         self.loaded: dict[str, str] = {}
         self.refuse: set[str] = set()  # names whose load fails
+        self.unreachable = False  # loads fail as if the engine were gone
         self.log: list[tuple[str, str]] = []
         self.bodies: list[dict] = []
         self.app = self._build()
@@ -41,6 +42,8 @@ class FakeVLLM:
         @app.post("/v1/load_lora_adapter")
         async def load(body: dict):
             name = body["lora_name"]
+            if self.unreachable:
+                raise httpx.ConnectError("engine gone")
             if name in self.refuse:
                 return JSONResponse({"error": {"message": "bad adapter", "type": "X", "code": 500}}, 500)
             if name in self.loaded:
@@ -433,3 +436,19 @@ def test_the_token_window_slides():
     now[0] = 60.5
     meter.admit("a")  # the minute has passed
     assert meter.inflight["a"] == 1
+
+
+def test_after_a_restart_a_tenant_whose_adapter_is_not_back_gets_503_not_the_base(gw, home, tiny_model_dir,
+                                                                                   tiny_adapters):
+    client, gateway, fake, engine, keys = gw
+    _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
+    _wait(lambda: _chat(client, keys["alice"]).json().get("model") == "alice@v1")
+    fake.unreachable = True
+    fake.loaded.clear()
+    engine.state = "restarting"  # the supervisor brings a fresh engine up; alice's load fails
+    _wait(lambda: gateway.ready and engine.epoch == 2)
+    r = _chat(client, keys["alice"])
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+    assert _chat(client, keys["bob"]).json()["model"] == "base"  # no adapter: the base is right for bob
+    fake.unreachable = False
+    _wait(lambda: _chat(client, keys["alice"]).json().get("model") == "alice@v1")
