@@ -407,8 +407,19 @@ class Gateway:
             self.metrics.count_usage(tenant, usage)
             return self._upstream_response(resp, content, served)
 
+        tail, released = b"", False
+
+        async def release():  # once, whether the stream ran to the end, broke, or never started
+            nonlocal released
+            if not released:
+                released = True
+                await resp.aclose()
+                usage = _stream_usage(tail)
+                self._done(name, tenant, usage)
+                self.metrics.count_usage(tenant, usage)
+
         async def relay():
-            tail = b""
+            nonlocal tail
             try:
                 async for chunk in resp.aiter_raw():
                     tail = (tail + chunk)[-4096:]  # the last event carries usage, if asked for
@@ -417,13 +428,10 @@ class Gateway:
                 err = EngineUnavailable("the inference engine went away mid-stream").to_dict()
                 yield f"data: {json.dumps(err)}\n\n".encode()
             finally:
-                await resp.aclose()
-                usage = _stream_usage(tail)
-                self._done(name, tenant, usage)
-                self.metrics.count_usage(tenant, usage)
+                await release()
 
-        return StreamingResponse(relay(), media_type=resp.headers.get("content-type", "text/event-stream"),
-                                 headers=served)
+        return _Relay(relay(), release, media_type=resp.headers.get("content-type", "text/event-stream"),
+                      headers=served)
 
     def _done(self, name: str, tenant: str, usage: dict | None = None) -> None:
         self.meter.done(tenant, usage)
@@ -438,6 +446,21 @@ class Gateway:
             return JSONResponse(e.to_dict(), status_code=e.status, headers={"Retry-After": "1"})
         return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"),
                         headers=headers)
+
+
+class _Relay(StreamingResponse):
+    """A stream that releases its request (in-flight counts, the upstream response) even when
+    the client is gone before the first chunk: a never-started generator runs no `finally`."""
+
+    def __init__(self, content, release, **kw):
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
 
 
 def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:

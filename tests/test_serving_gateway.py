@@ -452,3 +452,31 @@ def test_after_a_restart_a_tenant_whose_adapter_is_not_back_gets_503_not_the_bas
     assert _chat(client, keys["bob"]).json()["model"] == "base"  # no adapter: the base is right for bob
     fake.unreachable = False
     _wait(lambda: _chat(client, keys["alice"]).json().get("model") == "alice@v1")
+
+
+def test_a_client_gone_before_the_stream_starts_releases_its_request(gw):
+    import contextlib
+    import json
+
+    client, gateway, _, _, keys = gw
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+             "headers": [(b"authorization", f"Bearer {keys['alice']}".encode()), (b"content-type", b"application/json")]}
+
+    async def gone():
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            raise OSError("the client went away")
+
+        with contextlib.suppress(Exception):
+            await client.app(scope, receive, send)
+
+    client.portal.call(gone)
+    assert sum(gateway.inflight.values()) == 0 and gateway.meter.inflight["alice"] == 0
+    assert _chat(client, keys["alice"]).status_code == 200
