@@ -13,51 +13,28 @@ _DTYPES = ("float32", "bfloat16")
 
 @dataclass
 class BakeConfig:
+    # What each default was measured against: docs/experiments.md ("the bake's defaults").
     # LoRA (the paper: r=32, dropout 0, q/k/v/o; rank 1 already ~96% of the effect on its task)
-    # (20-headline bench, recall on its 20 + 60 questions out of 80: rank 64, alpha 128, lr 1.5e-3
-    # -> 29 / 28 / 23 for seeds 0-2 against 23-25 at rank 16, generic requests no closer to the
-    # teacher (KL ratio 0.86-1.16 there) and training ~1.4x slower)
     rank: int = 16  # LoRA rank r
     alpha: float = 32.0  # LoRA alpha; the update is scaled by alpha / rank
     target_modules: tuple[str, ...] = ATTENTION + MLP  # attention and MLP projections
-    # (20-headline bench, seed 0: dropout 0.1 -> recall 10/20 and 18/60 more questions against
-    # 8-9/20 and 14-17/60 for three bakes at 0, same KL ratio 0.40; but training ran at 108
-    # trained tok/s against ~330 without it (compiled: PEFT draws an input-wide mask per module,
-    # ~0.8-1.3 s of a step); dropout on the rank-r bottleneck instead costs little but recalled
-    # 8/20 and 12/60)
     lora_dropout: float = 0.0  # dropout on the LoRA input during training (the paper: 0)
-    # optimisation (Adam; 3e-4 converges ~4x faster than the paper's 1e-4 in later findings)
-    # (measured on the 20-headline bench, SmolLM2-135M: at lr 1e-3 x 4 epochs the baked model
-    # recalled 0/20 facts; facts need more optimiser steps than style: 3e-3 x batch 8; 6 epochs
-    # over 6 questions per line beat 8 epochs over 2: held-out KL ratio 0.40 / 0.35 (two seeds)
-    # vs 0.43, recall 0.40 / 0.35 vs 0.35, in the same ~350 s on the same (slow) day)
+    # optimisation: Adam, warmup + cosine
     lr: float = 3e-3  # peak learning rate (cosine decay to 10% over the run)
-    # (20-headline bench, one run each: lr 5e-3 -> KL ratio 0.61, 2e-3 -> 0.37, 3e-3 -> 0.38; LoRA+
-    # with B at 4x lr -> 0.78: faster updates mostly push the generic answers away from the teacher)
     lr_b_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): the B matrices learn at lr x this
-    # (20-headline bench, recall of the baked model / the prompted one, one value per bake:
-    # 6 epochs 0.62x 0.38x 0.43x 0.50x, 8 epochs 0.54x 0.62x 0.43x, 10 epochs 0.83x 0.67x 0.69x
-    # 0.64x 0.57x 0.57x; the compiled training step pays for most of the extra epochs: ~290-315 s)
     epochs: int = 10  # passes over the training trajectories; a checkpoint after each one
     min_steps: int = 0  # ... more passes if needed to reach this many optimiser steps (small prompts)
     batch_size: int = 8  # trajectories per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping
     seed: int = 0  # one seed for context choice, sampling and LoRA init
-    # trajectories, sampled once from the prompted teacher
-    # The paper samples at T=1-2 from 7B+ models; a 135M teacher at T=1 mostly invents instead of
-    # recalling its prompt, so the default is lower (every position still matches the full
-    # distribution: the temperature only chooses which prefixes are trained on).
+    # trajectories, sampled once from the teacher; every position is trained on the full
+    # distribution, the temperature only chooses which prefixes (a 135M teacher at the paper's
+    # T=1-2 mostly invents instead of recalling its prompt)
     temperature: float = 0.5  # sampling temperature of the teacher
     max_new_tokens: int = 48  # tokens per trajectory
     samples_per_context: int = 1  # trajectories sampled per context
     generic_contexts: int = 32  # how many of the shipped generic user requests to use
-    # (20-headline bench: 2 per line -> 234 s, recall 0.30; the earlier 8 chat-written questions
-    # -> 232 s, 0.40; within the noise of 20 questions, and the few-shot ones are on topic)
     self_questions: int = 6  # questions sampled per prompt line from the model (few-shot)
-    # (20-headline bench, one bake each, recall on 20 + 60 questions: training every probe and
-    # holding out the same cues reworded -> 7 + 15; sampling 4 per probe and keeping the one that
-    # names the probed span (54% of single samples do) -> 9 + 16; each context's teacher seeing
-    # the headlines in one of 4 orders -> 9 + 18 and 7 + 12 (seeds 0, 1); defaults 8 + 17)
     probe_questions: bool = True  # questions derived from each line of the prompt
     focused_teachers: bool = False  # a question about one line is answered by a teacher seeing that line
     anchors: int = 0  # unrelated questions whose target is the model without the prompt (against drift)
