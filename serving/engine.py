@@ -198,7 +198,7 @@ class Engine:
                 log.info("vLLM up (pid %s, epoch %d)", self.pid, self.epoch)
                 return
             await asyncio.sleep(0.5)
-        self.stop()
+        await asyncio.to_thread(self.stop)
         raise EngineError(f"vLLM not healthy after {self.cfg.startup_timeout:.0f} s; {self.log_tail()}")
 
     def stop(self) -> None:
@@ -225,7 +225,7 @@ class Engine:
                     self.restarts += 1
                     self.last_error = f"vLLM {'died' if not self.alive() else 'hung'}; restart #{self.restarts}"
                     log.warning(self.last_error)
-                    self.stop()
+                    await asyncio.to_thread(self.stop)  # up to its grace period: not on the event loop
                 self.state = "down"
                 try:
                     self.spawn()
