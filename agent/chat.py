@@ -6,6 +6,7 @@
     msg.response_metadata["bakehouse"]   # {"version": "alice@v3", "hot_tokens": 41, "conversation_id": "..."}
     msg.usage_metadata["input_token_details"]["hot_tier"]   # 41, already inside input_tokens
     agent_tools = [remember_tool("alice")]               # "remember" stores a fact the user told
+    chat.feedback("From now on answer in one sentence.")  # learned as an instruction
 
 `BakehouseChat` is langchain-openai's `ChatOpenAI` pointed at the gateway (serving/gateway.py):
 the protocol, streaming, batching, async and tool binding are all ChatOpenAI's. It adds the
@@ -178,6 +179,27 @@ class BakehouseChat(ChatOpenAI):
     async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._gateway_errors():
             return await super()._agenerate(*args, **kwargs)
+
+    def feedback(self, comment: str | None = None, rating: int | None = None) -> dict:
+        """Feedback on this conversation (rating -1 / 0 / 1, a comment). A comment that states a
+        rule ("From now on answer in one sentence.") becomes an instruction of the tenant under
+        `bakehouse run`. Returns the gateway's receipt ({"id", "status": "received"})."""
+        import httpx
+
+        body = {k: v for k, v in {"comment": comment, "rating": rating,
+                                  "conversation_id": self.conversation_id}.items() if v is not None}
+        key = self.openai_api_key.get_secret_value() if self.openai_api_key else ""
+        with self._gateway_errors():
+            try:
+                r = (self.http_client or httpx).post(f"{self.openai_api_base.rstrip('/')}/feedback", json=body,
+                                                     headers={"Authorization": f"Bearer {key}"}, timeout=10.0)
+            except httpx.HTTPError as e:
+                raise openai.APIConnectionError(request=httpx.Request("POST", self.openai_api_base)) from e
+        if r.status_code == 401:
+            raise openai.AuthenticationError(r.json()["error"]["message"], response=r, body=r.json())
+        if r.status_code != 200:
+            raise openai.APIStatusError(r.text[:500], response=r, body=None)
+        return r.json()
 
     @contextlib.contextmanager
     def _gateway_errors(self):

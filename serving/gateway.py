@@ -41,6 +41,7 @@ from .errors import (
     ServingError,
     TenantError,
 )
+from .feedback import append_feedback, check_feedback
 from .hot import (
     HOT_TOKENS_HEADER,
     VERSION_HEADER,
@@ -529,6 +530,18 @@ def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:
                 gateway.metrics.latency.labels(tenant, _path).observe(time.perf_counter() - t0)
 
         app.add_api_route(path, endpoint, methods=["POST"])
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        """A user's feedback on a conversation (rating -1 / 0 / 1, a comment); the runtime learns
+        instructions from it."""
+        tenant = gateway.authenticate(request)
+        try:
+            body = await request.json()
+        except ValueError as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from e
+        record = await asyncio.to_thread(append_feedback, gateway.home, tenant, check_feedback(body))
+        return {"id": record["id"], "object": "feedback", "status": "received"}
 
     @app.get("/metrics")
     async def metrics():

@@ -480,3 +480,26 @@ def test_a_client_gone_before_the_stream_starts_releases_its_request(gw):
     client.portal.call(gone)
     assert sum(gateway.inflight.values()) == 0 and gateway.meter.inflight["alice"] == 0
     assert _chat(client, keys["alice"]).status_code == 200
+
+
+def test_feedback_is_queued_for_the_runtime_and_bad_feedback_is_refused(gw, home):
+    from agent.chat import BakehouseChat
+    from serving.feedback import read_feedback
+
+    client, _, _, _, keys = gw
+    chat = BakehouseChat(api_key=keys["alice"], base_url="http://testserver/v1", http_client=client,
+                         conversation_id="conv-9")
+    receipt = chat.feedback("From now on answer in one sentence.", rating=-1)
+    assert receipt["status"] == "received"
+    for bad, message in [({"rating": 5}, "'rating' must be"), ({}, "needs a 'comment' or a 'rating'"),
+                         ({"comment": "x", "tenant": "bob"}, "unsupported field 'tenant'"),
+                         ({"comment": "x" * 5000}, "at most 2000")]:
+        r = client.post("/v1/feedback", json=bad, headers={"Authorization": f"Bearer {keys['alice']}"})
+        assert r.status_code == 400 and message in r.json()["error"]["message"]
+    assert client.post("/v1/feedback", json={"rating": 1}).status_code == 401
+    (record,), end = read_feedback(home)
+    assert (record["tenant"], record["conversation_id"], record["rating"], record["id"]) == \
+        ("alice", "conv-9", -1, receipt["id"])
+    with open(home / "serving" / "feedback.jsonl", "a") as f:
+        f.write('{"tenant": "bob", "comment": "half a li')  # a line still being written
+    assert read_feedback(home, end) == ([], end)

@@ -1,4 +1,4 @@
-"""`bakehouse remember`, `memories`, `forget`, `compose` and `feeds add|poll|list|import|export`."""
+"""`bakehouse remember`, `memories`, `forget`, `compose`, `feedback` and `feeds add|poll|list|import|export`."""
 from __future__ import annotations
 
 import dataclasses
@@ -145,6 +145,32 @@ def compose(tenant, budget, kind, pending_only, as_json, home):
         f"{len(p.left_out)} left out{left}; sha256 {p.hash[:12]}]",
         err=True,
     )
+
+
+@cli.command()
+@click.argument("comment")
+@tenant_option
+@click.option("--rating", type=click.IntRange(-1, 1), help="-1 bad, 0, 1 good.")
+@click.option("--conversation", "conversation_id", metavar="ID", help="The conversation it is about.")
+@home_option
+@domain_errors(MemoryStoreError)
+def feedback(comment, tenant, rating, conversation_id, home):
+    """Give feedback; a comment that states a rule becomes an instruction memory.
+
+    Example usage:
+
+        bakehouse feedback --tenant alice "From now on answer in one sentence."
+    """
+    from ..runtime.feedback import learn
+
+    with _store(home) as store:
+        m = learn(store, tenant, comment, rating, conversation_id)
+    if m is None:
+        click.echo("No rule in that comment: nothing learned (a rule reads like 'Always answer in French').")
+    elif m.created:
+        click.echo(f"Learned instruction #{m.id} for tenant {m.tenant!r}: {m.text}")
+    else:
+        click.echo(f"Already known as instruction #{m.id}: {m.text}")
 
 
 @cli.group()

@@ -43,6 +43,7 @@ class Runtime:
         self.snapshot = Snapshot()  # what /metrics shows of the runtime, renewed every tick
         self.gateway.metrics.add_collector(RuntimeCollector(self))
         self.learner = None  # made in the scheduler thread (SQLite connections stay in one thread)
+        self._feedback = None  # the feedback queue reader (same thread)
         self.scheduler = None
         self.started = time.time()
         self.last_error: str | None = None
@@ -100,6 +101,17 @@ class Runtime:
                          f", error: {r.error}" if r.error else "")
         learner.hot.sync()
 
+    def learn_feedback(self) -> None:
+        """Instructions from the gateway's feedback queue: hot at once, baked like any memory."""
+        from .feedback import FeedbackReader
+
+        learner = self._learner()
+        if self._feedback is None:
+            self._feedback = FeedbackReader(learner.store, self.cfg.home)
+        for m in self._feedback.poll():
+            log.info("learned an instruction from feedback (%s): #%d %s", m.tenant, m.id, m.text)
+        learner.hot.sync()
+
     def _write_status(self) -> None:
         learner = self.learner
         engine = self.gateway.engine
@@ -134,6 +146,7 @@ class Runtime:
         s.add_job(self.poll_feeds, "interval", seconds=min(30.0, 60 * self.cfg.feed_minutes), id="feeds",
                   next_run_time=_now())
         s.add_job(self._hot_sync, "interval", seconds=self.cfg.hot_seconds, id="hot")
+        s.add_job(self.learn_feedback, "interval", seconds=1.0, id="feedback")
         s.start()
         self.scheduler = s
 

@@ -1,0 +1,77 @@
+"""Feedback from tenants' users (`POST /v1/feedback`), queued for the runtime.
+
+serving/ does not know the memory store: the gateway appends each piece of feedback as one JSON
+line to HOME/serving/feedback.jsonl (one `write` of a whole line in append mode, so concurrent
+writers never interleave), and the runtime (agent/runtime/feedback.py) reads what is new and
+turns it into memories.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from .errors import BadRequest
+
+FEEDBACK_FILE = "feedback.jsonl"
+MAX_COMMENT_CHARS = 2000
+
+
+def feedback_path(home: Path) -> Path:
+    return Path(home) / "serving" / FEEDBACK_FILE
+
+
+def check_feedback(body: object) -> dict:
+    """The fields of a feedback request, checked: {"comment", "rating", "conversation_id"}."""
+    if not isinstance(body, dict):
+        raise BadRequest("feedback must be a JSON object")
+    unknown = sorted(set(body) - {"comment", "rating", "conversation_id"})
+    if unknown:
+        raise BadRequest(f"unsupported field {unknown[0]!r} in feedback")
+    comment, rating, conv = body.get("comment"), body.get("rating"), body.get("conversation_id")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
+        raise BadRequest(f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters")
+    if rating is not None and (type(rating) is not int or not -1 <= rating <= 1):
+        raise BadRequest("'rating' must be -1 (bad), 0 or 1 (good)")
+    if conv is not None and (not isinstance(conv, str) or not 0 < len(conv) <= 200):
+        raise BadRequest("'conversation_id' must be a string of at most 200 characters")
+    if not (comment or "").strip() and rating is None:
+        raise BadRequest("feedback needs a 'comment' or a 'rating'")
+    return {"comment": (comment or "").strip(), "rating": rating, "conversation_id": conv}
+
+
+def append_feedback(home: Path, tenant: str, fields: dict) -> dict:
+    """Queue one piece of feedback; returns the record (with its id)."""
+    record = {"id": uuid.uuid4().hex, "tenant": tenant, "at": time.time(), **fields}
+    path = feedback_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return record
+
+
+def read_feedback(home: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """Whole records from byte `offset` on, and the offset after the last whole line (a line
+    being written is left for the next read; an unreadable one is skipped)."""
+    path = feedback_path(home)
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    out = []
+    for line in data[:end].splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out, offset + end
