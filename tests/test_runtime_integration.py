@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -98,6 +99,14 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
                 checks = store.jobs.checks(m.id)
                 assert checks and {c.purpose for c in checks} == {"graduate"}
                 assert checks[-1].passed == (m.status == "baked")  # baked exactly when verified
+
+        # feedback that states a rule is learned as an instruction, hot at once
+        r = httpx.post(f"{s.url}/v1/feedback", json={"comment": "From now on answer in one sentence.", "rating": -1},
+                       headers={"Authorization": f"Bearer {s.keys['alice']}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        _wait(lambda: s.chat("alice", q)["prompt_tokens"] > baked["prompt_tokens"], 10, "the learned instruction")
+        with MemoryStore.in_home(home) as store:
+            assert [m.text for m in store.memories("alice", kind="instruction")] == ["Answer in one sentence."]
     finally:
         assert s.stop() == 0
     assert _alive(_groups(home).values()) == []
