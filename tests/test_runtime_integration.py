@@ -64,8 +64,9 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
     picked = [0, 3]
     demo = {"headlines": [demo["headlines"][i] for i in picked], "questions": [demo["questions"][i] for i in picked]}
     home = tmp_path / "home"
-    # a looser gate than the default 0.9, so that CI usually needs one bake, not two
-    s = RunSession(home, smollm2_dir, args=("--idle-seconds", "2", "--max-tries", "1", "--gate-general", "0.8"))
+    # a looser gate and graduation than the defaults, so that CI usually needs one bake, not two
+    s = RunSession(home, smollm2_dir, args=("--idle-seconds", "2", "--max-tries", "1", "--gate-general", "0.8",
+                                            "--graduation", "any"))
     s.add_tenant("alice")
     s.start()
     try:

@@ -39,7 +39,7 @@ from . import cli, domain_errors, home_option
               help="Share of the general questions the base answers right that a new version must keep.")
 @click.option("--gate-recheck", default=1.0, show_default=True,
               help="Share of the earlier graduated memories a new version must still hold.")
-@click.option("--graduation", default="any", show_default=True, type=click.Choice(list(RULES)),
+@click.option("--graduation", default="majority", show_default=True, type=click.Choice(list(RULES)),
               help="When a memory leaves the prompt: " + "; ".join(f"{k}: {v}" for k, v in RULES.items()) + ".")
 @click.option("--min-steps", default=0, show_default=True,
               help="Optimiser steps a bake takes at least (a bake of a few memories gets more epochs).")

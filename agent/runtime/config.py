@@ -24,7 +24,7 @@ class RuntimeConfig:
     retry_after_failure: float = 300.0  # s before a tenant whose bake crashed is planned again
     gate_recheck: float = 1.0  # share of earlier graduated memories a new version must still hold
     gate_general: float = 0.9  # share of the base's right general answers a new version must keep
-    graduation: str = "any"  # when a memory's probes say the weights hold it (baker.verify.RULES)
+    graduation: str = "majority"  # when a memory's probes say the weights hold it (baker.verify.RULES)
     pause_bakes: bool = True  # SIGSTOP the bake while requests are served
     feed_minutes: float = 15.0  # how often every feed is polled
     tick_seconds: float = 1.0  # planner period
