@@ -81,3 +81,23 @@ class EngineError(ServingError):
     status = 502
     type = "server_error"
     code = "engine_error"
+
+
+class TooLarge(ServingError):
+    """A request body over the server's size limit."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ServingError):
+    """Too many requests or tokens for one tenant: retry after `retry_after` s."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -37,9 +37,11 @@ from .errors import (
     BadRequest,
     EngineUnavailable,
     ModelNotFound,
+    RateLimited,
     RegistryError,
     ServingError,
     TenantError,
+    TooLarge,
 )
 from .feedback import append_feedback, check_feedback
 from .hot import (
@@ -51,7 +53,7 @@ from .hot import (
     read_hot_prompts,
     with_hot_prompt,
 )
-from .limits import RateLimited, TenantMeter, TooLarge, check_body
+from .limits import TenantMeter, check_body
 from .metrics import Metrics
 from .registry import Registry, Version
 from .tenants import TenantStore, authenticate, key_index

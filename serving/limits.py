@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from .errors import BadRequest, ServingError
+from .errors import BadRequest, RateLimited
 
 COMMON = {"model", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n", "presence_penalty",
           "seed", "stop", "stream", "stream_options", "temperature", "top_p", "user"}
@@ -36,24 +36,6 @@ class Limits:
     max_tokens: int | None = None  # per request; None: the served context length
     max_inflight: int = 8  # requests of one tenant at once
     tokens_per_minute: int | None = None  # per tenant; None: no rate limit
-
-
-class TooLarge(ServingError):
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
-
-
-class RateLimited(ServingError):
-    """Too many requests or tokens for one tenant: retry after `retry_after` s."""
-
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def check_body(body: dict, path: str, limits: Limits, context_len: int) -> None:
