@@ -36,7 +36,7 @@ class BakeConfig:
     generic_contexts: int = 32  # how many of the shipped generic user requests to use
     self_questions: int = 6  # questions sampled per prompt line from the model (few-shot)
     probe_questions: bool = True  # questions derived from each line of the prompt
-    focused_teachers: bool = False  # a question about one line is answered by a teacher seeing that line
+    focused_teachers: bool = True  # a question about one line is answered by a teacher seeing that line
     anchors: int = 0  # unrelated questions whose target is the model without the prompt (against drift)
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
