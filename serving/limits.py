@@ -1,8 +1,9 @@
 """What a tenant may send, and how much: the gateway's request policy.
 
-- Only OpenAI fields reach vLLM. Anything else (vLLM's own extensions such as `vllm_xargs`,
-  `kv_transfer_params`, `priority`, `request_id`, or a typo) is refused with a 400 that names it:
-  a tenant must not steer the engine around the gateway.
+- Only OpenAI fields (and vLLM's per-request sampling extensions: `top_k`, `min_p`, `ignore_eos`,
+  `prompt_logprobs`, ...) reach vLLM. Anything else (`vllm_xargs`, `kv_transfer_params`,
+  `priority`, `request_id`, or a typo) is refused with a 400 that names it: a tenant must not
+  steer the engine around the gateway.
 - `n`, `max_tokens`, the number of messages and the body size are bounded by the server's
   settings.
 - Per tenant, at most `max_inflight` requests at once and at most `tokens_per_minute` tokens
@@ -19,7 +20,10 @@ from dataclasses import dataclass
 from .errors import BadRequest, RateLimited
 
 COMMON = {"model", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n", "presence_penalty",
-          "seed", "stop", "stream", "stream_options", "temperature", "top_p", "user"}
+          "seed", "stop", "stream", "stream_options", "temperature", "top_p", "user",
+          # vLLM's sampling extensions: they shape one request's sampling, nothing else
+          "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "prompt_logprobs",
+          "stop_token_ids", "skip_special_tokens"}
 FIELDS = {
     "/v1/chat/completions": COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format",
                                       "tools", "tool_choice", "parallel_tool_calls", "metadata", "store"},

@@ -17,6 +17,7 @@ import pytest
 from agent.runtime.procs import group_members
 from agent.runtime.session import RunSession
 from memory import MemoryStore
+from serving.hot import hot_text, read_hot
 from serving.registry import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -105,7 +106,9 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
         r = httpx.post(f"{s.url}/v1/feedback", json={"comment": "From now on answer in one sentence.", "rating": -1},
                        headers={"Authorization": f"Bearer {s.keys['alice']}"}, timeout=10)
         assert r.status_code == 200, r.text
-        _wait(lambda: s.chat("alice", q)["prompt_tokens"] > baked["prompt_tokens"], 10, "the learned instruction")
+        # (token counts cannot tell: a short hot prompt replaces the template's default system prompt)
+        _wait(lambda: "Answer in one sentence." in hot_text(read_hot(home), "alice", "alice@v1"), 10,
+              "the learned instruction in the hot prompt")
         with MemoryStore.in_home(home) as store:
             assert [m.text for m in store.memories("alice", kind="instruction")] == ["Answer in one sentence."]
     finally:
