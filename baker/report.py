@@ -75,14 +75,14 @@ def recall_section(recall: dict) -> str:
     the prompted model's and the baked model's, each marked right or wrong; and the general set."""
     rows, totals = [], {"base": 0, "prompted": 0, "baked": 0, "n": 0}
     mark = lambda ok: "&#10003;" if ok else "&#10007;"  # noqa: E731
+    columns = (("base", "base_hit"), ("prompted", "prompted_hit"), ("baked", "hit"))  # answer, its mark
     for item in recall.get("items", []):
         for a in item.get("answers", []):
             totals["n"] += 1
-            for k, hit in (("base", "base_hit"), ("prompted", "prompted_hit"), ("baked", "hit")):
+            for k, hit in columns:
                 totals[k] += bool(a.get(hit))
             cells = "".join(f'<td class="{"hit" if a.get(hit) else "miss"}">{mark(a.get(hit))} '
-                            f'{html.escape(str(a.get(k, ""))[:120])}</td>'
-                            for k, hit in (("base", "base_hit"), ("prompted", "prompted_hit"), ("baked", "hit")))
+                            f'{html.escape(str(a.get(k, ""))[:120])}</td>' for k, hit in columns)
             rows.append(f"<tr><td>{html.escape(a['question'])}</td><td>{html.escape(', '.join(a['expected']))}</td>"
                         f"{cells}</tr>")
     g = recall.get("general") or {}

@@ -29,9 +29,8 @@ from .contexts import _CLOZE_TEMPLATES, _DATE_PREFIX, _NUMBER, BEHAVIOUR, names,
 from .generate import ask_runs, check_adapter
 
 COMPLETE_TEMPLATE = "Complete this sentence: {prefix}"
-# Memories that are instructions, not facts: their names ("French" of "Always answer in French.")
-# are no knowledge to ask about; whether they are followed is a behaviour check, not this one.
-_INSTRUCTION = BEHAVIOUR
+# Memories that are instructions, not facts (contexts.BEHAVIOUR): their names ("French" of "Always
+# answer in French.") are no knowledge to ask about; whether they are followed is a behaviour check.
 
 # Capitalised words too common to count as an answer on their own: a span's last word ("Tarrago" of
 # "Ines Tarrago") is accepted alone, but not "Institute" of "Quillon Institute".
@@ -194,7 +193,7 @@ def verification_probes(item_id, text: str, max_probes: int = 4) -> list[Probe]:
         if len(words) < 4:  # probe_questions does not probe headers and fragments either
             continue
         line = _DATE_PREFIX.sub("", item).strip()
-        if _INSTRUCTION.match(line):
+        if BEHAVIOUR.match(line):
             continue
         found = key_spans(line)
         for s in found:

@@ -51,12 +51,15 @@ class FeedbackReader:
     def __init__(self, store: MemoryStore, home: Path):
         self.store, self.home = store, Path(home)
         self.offset_path = self.home / "runtime" / "feedback.offset"
+        self._offset: int | None = None  # read from the file once, then kept here
 
     def offset(self) -> int:
-        try:
-            return int(self.offset_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
+        if self._offset is None:
+            try:
+                self._offset = int(self.offset_path.read_text())
+            except (FileNotFoundError, ValueError):
+                self._offset = 0
+        return self._offset
 
     def poll(self) -> list[Memory]:
         """Learn from every new piece of feedback; returns the instructions stored."""
@@ -71,4 +74,5 @@ class FeedbackReader:
             tmp = self.offset_path.with_suffix(".tmp")
             tmp.write_text(str(end))
             os.replace(tmp, self.offset_path)
+            self._offset = end
         return learned

@@ -108,9 +108,11 @@ class Runtime:
         learner = self._learner()
         if self._feedback is None:
             self._feedback = FeedbackReader(learner.store, self.cfg.home)
-        for m in self._feedback.poll():
+        learned = self._feedback.poll()
+        for m in learned:
             log.info("learned an instruction from feedback (%s): #%d %s", m.tenant, m.id, m.text)
-        learner.hot.sync()
+        if learned:  # at once, not at the hot job's next tick
+            learner.hot.sync()
 
     def _write_status(self) -> None:
         learner = self.learner
