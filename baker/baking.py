@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (Context, anchor_questions, clean_self_questions, focus_prompt, generic_requests,
+from .contexts import (Context, anchor_questions, behaviour_lines, clean_self_questions, focus_prompt, generic_requests,
                        item_probes, prompt_items, question_request, split)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
@@ -128,7 +128,9 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     rng = random.Random(config.seed)
     generic = generic_requests()
     contexts = [Context(c, "generic") for c in rng.sample(generic, min(config.generic_contexts, len(generic)))]
-    if config.anchors:  # unrelated questions, answered as the model without the prompt answers them
+    # unrelated questions, answered as the model without the prompt answers them: for knowledge
+    # only; a persona or an instruction is meant to change the answer to every question
+    if config.anchors and not behaviour_lines(prompt):
         anchors = anchor_questions()
         contexts += [Context(q, "anchor") for q in rng.sample(anchors, min(config.anchors, len(anchors)))]
     if config.probe_questions:

@@ -37,7 +37,8 @@ class BakeConfig:
     self_questions: int = 6  # questions sampled per prompt line from the model (few-shot)
     probe_questions: bool = True  # questions derived from each line of the prompt
     focused_teachers: bool = True  # a question about one line is answered by a teacher seeing that line
-    anchors: int = 0  # unrelated questions whose target is the model without the prompt (against drift)
+    anchors: int = 32  # unrelated questions whose target is the model without the prompt (against
+    # drift); only for prompts of knowledge: none when the prompt has a persona or instruction line
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"

@@ -70,6 +70,11 @@ BEHAVIOUR = re.compile(r"(?:always|never|do not|don't|please|you (?:must|should|
                        r"respond|reply|use|write|speak|avoid)\b", re.I)
 
 
+def behaviour_lines(prompt: str) -> list[str]:
+    """The prompt's lines that ask for a behaviour (persona, instructions), not knowledge."""
+    return [line for line in prompt_items(prompt) if BEHAVIOUR.match(_DATE_PREFIX.sub("", line).strip())]
+
+
 def focus_prompt(prompt: str, item: str) -> str:
     """The prompt cut down to what a question about `item` needs: the item, the prompt's
     behaviour lines (persona, instructions) and the headers of the sections they are in. A small

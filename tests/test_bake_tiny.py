@@ -11,7 +11,7 @@ from baker import BAKE_FILE, BakeConfig, BakeError, PromptError, bake
 PROMPT = "You are Captain Brine, a pirate.\nAlways mention the sea.\nEnd every answer with 'Arr'."
 FAST = BakeConfig(epochs=2, generic_contexts=10, self_questions=2, max_new_tokens=8, batch_size=4,
                   temperature=1.0, sampler="hf", lr=5e-3, rank=4, compute_dtype="float32", teacher_cache_dtype="float32",
-                  compile=False)  # compiling is tested in test_kl.py and the SmolLM2 integration test
+                  compile=False, anchors=0)  # compiling is tested in test_kl.py and the SmolLM2 integration test
 
 
 @pytest.fixture(scope="module")
@@ -219,10 +219,21 @@ def test_config_refuses_wrong_types_naming_the_field(field, value):
         BakeConfig(**{field: value})
 
 
+NEWS = ("- (2026-11-02) Ines Tarrago was named harbor commissioner of Port Avel.\n"
+        "- (2026-11-03) The Lumen Bridge in Caldera reopened after 14 months of repairs.")
+
+
 def test_anchors_start_at_the_unprompted_model_and_focused_teachers_bake(tiny_model_dir, tmp_path):
     cfg = FAST.replace(epochs=1, anchors=12, focused_teachers=True)
-    m = bake(tiny_model_dir, PROMPT, tmp_path / "anchored", cfg, progress=False).metrics
+    m = bake(tiny_model_dir, NEWS, tmp_path / "anchored", cfg, progress=False).metrics
     assert m["contexts"]["anchor"] == 12
     anchor = m["eval_kl_by_source"]["anchor"]
     # the student starts as the unprompted model, which is exactly the anchors' teacher
     assert anchor["before"] < 1e-3 < m["eval_kl_by_source"]["probe"]["before"]
+
+
+def test_no_anchors_when_the_prompt_asks_for_a_behaviour(tiny_model_dir, tmp_path):
+    # a persona or instruction is meant to change every answer: anchors would pull against it
+    cfg = FAST.replace(epochs=1, anchors=12, generic_contexts=4, self_questions=0)
+    m = bake(tiny_model_dir, NEWS + "\nAlways answer in French.", tmp_path / "b", cfg, progress=False).metrics
+    assert m["contexts"].get("anchor", 0) == 0
