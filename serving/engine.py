@@ -10,7 +10,9 @@ import asyncio
 import atexit
 import logging
 import os
+import json
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +28,7 @@ from .errors import EngineError
 
 log = logging.getLogger("bakehouse.serving.engine")
 
+REPORT_ENV = "BAKEHOUSE_CPU_LORA_REPORT"  # where serving/cpu_lora.py reports from inside the engine
 _LIVE: set[subprocess.Popen] = set()  # killed at interpreter exit, so no vLLM is ever orphaned
 
 
@@ -147,6 +150,8 @@ class Engine:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter + unload
         if self.secret:
             env["VLLM_API_KEY"] = self.secret
+        if self.cfg.grouped_lora_ops:
+            env[REPORT_ENV] = str(self.lora_report_dir)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         bind = omp_threads_bind(self.cfg.cpu_threads_bind)
         if bind:
@@ -158,6 +163,7 @@ class Engine:
         if self.alive():
             return
         self.secret = secrets.token_urlsafe(32)
+        shutil.rmtree(self.lora_report_dir, ignore_errors=True)  # reports of the previous process
         env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
@@ -175,6 +181,26 @@ class Engine:
         _LIVE.add(self.proc)
         self.state = "starting"
         log.info("vLLM starting (pid %s, port %s)", self.proc.pid, self.port)
+
+    @property
+    def lora_report_dir(self) -> Path:
+        return self.log_path.parent / "cpu_lora"
+
+    def lora_ops(self) -> dict:
+        """Which LoRA ops the running engine computes with, from its processes' own reports
+        (serving/cpu_lora.py): state "grouped" (a process has computed with the grouped ops),
+        "installed" (patched, no LoRA request yet), "fallback" (something was not patched: vLLM's
+        own ops compute it), "stock" (switched off) or "unknown" (no report yet)."""
+        if not self.cfg.grouped_lora_ops:
+            return {"state": "stock"}
+        reports = read_reports(self.lora_report_dir)
+        if not reports:
+            return {"state": "unknown"}
+        missing = sorted({m for r in reports for m in r.get("missing", [])})
+        ran = sorted({e for r in reports for e in r.get("ran", [])})
+        state = "fallback" if missing else "grouped" if "add_lora_linear" in ran else "installed"
+        return {"state": state, "vllm": reports[-1].get("vllm"), "written_for": reports[-1].get("written_for"),
+                "missing": missing, "ran": ran, "processes": [r.get("pid") for r in reports]}
 
     def auth_headers(self) -> dict[str, str]:
         """What a request to the engine must carry (its /health needs nothing)."""
@@ -243,3 +269,14 @@ class Engine:
             if self.alive():
                 ok = await self.healthy(client, timeout=5.0)
                 misses = 0 if ok else misses + 1
+
+
+def read_reports(folder: Path) -> list[dict]:
+    """The CPU LoRA reports of an engine's processes (API server, engine core), oldest first."""
+    out = []
+    for p in Path(folder).glob("*.json"):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(out, key=lambda r: r.get("at", 0))

@@ -13,6 +13,8 @@
 - Each forwarded answer says what served it: `X-Bakehouse-Version` (the version name or "base")
   and `X-Bakehouse-Hot-Tokens` (the hot prompt put before the caller's messages, as counted by the
   runtime in hot.json; 0 for none, absent when the file has no count).
+- Every answered chat completion is queued as a conversation turn for the runtime's episodes
+  (episodes.py), after the answer has gone out; a failed write never fails the request.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from .config import ServeConfig
 from .engine import Engine
@@ -42,6 +45,16 @@ from .errors import (
     ServingError,
     TenantError,
     TooLarge,
+)
+from .episodes import (
+    CONVERSATION_HEADER,
+    MAX_STREAM_BYTES,
+    Transcripts,
+    answer_text,
+    append_episode,
+    caller_messages,
+    conversation_id,
+    stream_answer,
 )
 from .feedback import append_feedback, check_feedback
 from .hot import (
@@ -81,6 +94,7 @@ class Gateway:
         self.client: httpx.AsyncClient | None = None
         self._transport = transport
         self._key_index: dict = {}
+        self._tenants: dict = {}  # name -> Tenant (its settings), from the tenants file
         self._desired: dict[str, Version | None] = {}  # the registry's pointers, last read
         self.routes: dict[str, str] = {}  # tenant -> vLLM name routed now (absent: base)
         # tenants whose adapter a fresh engine does not hold yet: 503, never the base under their name
@@ -100,6 +114,8 @@ class Gateway:
         self._name_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        self.transcripts = Transcripts()  # what each conversation has queued (episodes.py)
+        self._recording: set[asyncio.Task] = set()  # episode writes under way
         self._status_written = 0.0
         self._status_dirty = True  # routes changed: write gateway.json on the next tick
 
@@ -129,6 +145,8 @@ class Gateway:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._recording:  # the last answers' episodes are written before the process goes
+            await asyncio.gather(*self._recording, return_exceptions=True)
         await asyncio.to_thread(self.engine.stop)
         if self.client is not None:
             await self.client.aclose()
@@ -159,6 +177,7 @@ class Gateway:
                 "epoch": self.engine.epoch,
                 "restarts": self.engine.restarts,
                 "last_error": self.engine.last_error,
+                "lora_ops": getattr(self.engine, "lora_ops", lambda: {"state": "n/a"})(),
             },
             "routes": dict(sorted(self.routes.items())),
             "load_errors": dict(self.load_errors),
@@ -177,7 +196,7 @@ class Gateway:
         if force or t_stamp != self._stamps[0]:
             try:
                 tenants = self.tenants.load()
-                self._key_index = key_index(tenants)
+                self._key_index, self._tenants = key_index(tenants), tenants
             except TenantError as e:
                 log.error("keeping the previous tenants: %s", e)
         if force or r_stamp != self._stamps[1]:
@@ -219,6 +238,10 @@ class Gateway:
         self.unrouted = {t for t, v in self._desired.items() if v is not None}
         await self.reconcile(fresh_engine=True)
         self._synced_epoch = self.engine.epoch
+        ops = getattr(self.engine, "lora_ops", lambda: {"state": "n/a"})()
+        if ops["state"] in ("fallback", "unknown"):
+            log.warning("the engine does not run the grouped CPU LoRA ops (%s): LoRA requests are ~3x slower; %s",
+                        ops["state"], "; ".join(ops.get("missing", [])) or "no report from its processes")
         self._write_status(force=True)
 
     async def reconcile(self, fresh_engine: bool = False) -> None:
@@ -378,9 +401,11 @@ class Gateway:
         if not self.ready:
             raise EngineUnavailable("the inference engine is (re)starting", retry_after=5)
         name = self.resolve(tenant, body.get("model"))
+        turn = self._episode_turn(request, tenant, path, body)
         hot = hot_prompt(self.hot, tenant, name)
         body = with_hot_prompt(body, path, hot.text)
-        served = served_headers("base" if name == self.cfg.served_base_name else name, hot)
+        version = "base" if name == self.cfg.served_base_name else name
+        served = served_headers(version, hot)
         body["model"] = name
         body["cache_salt"] = tenant  # no prefix-cache timing channel between tenants on the base
         stream = bool(body.get("stream"))
@@ -408,9 +433,12 @@ class Gateway:
                     await resp.aclose()
                 self._done(name, tenant, usage)
             self.metrics.count_usage(tenant, usage)
-            return self._upstream_response(resp, content, served)
+            answer = answer_text(content) if resp.status_code == 200 and turn else None
+            background = BackgroundTask(self._record, turn, answer, version) if answer is not None else None
+            return self._upstream_response(resp, content, served, background)
 
         tail, released = b"", False
+        chunks, size = [], 0  # the stream as sent, for the episode (bounded)
 
         async def release():  # once, whether the stream ran to the end, broke, or never started
             nonlocal released
@@ -420,12 +448,17 @@ class Gateway:
                 usage = _stream_usage(tail)
                 self._done(name, tenant, usage)
                 self.metrics.count_usage(tenant, usage)
+                if turn and size <= MAX_STREAM_BYTES:
+                    await self._record(turn, stream_answer(b"".join(chunks)), version)
 
         async def relay():
-            nonlocal tail
+            nonlocal tail, size
             try:
                 async for chunk in resp.aiter_raw():
                     tail = (tail + chunk)[-4096:]  # the last event carries usage, if asked for
+                    if turn and size <= MAX_STREAM_BYTES:
+                        chunks.append(chunk)
+                        size += len(chunk)
                     yield chunk
             except httpx.HTTPError:  # engine died mid-stream: end the SSE stream with an error event
                 err = EngineUnavailable("the inference engine went away mid-stream").to_dict()
@@ -436,19 +469,53 @@ class Gateway:
         return _Relay(relay(), release, media_type=resp.headers.get("content-type", "text/event-stream"),
                       headers=served)
 
+    # -- episodes (episodes.py) ----------------------------------------------------------------
+
+    def _episode_turn(self, request: Request, tenant: str, path: str, body: dict) -> dict | None:
+        """What to record of this request once it is answered (None: a completion, not a chat,
+        or the tenant's recording is off). The work is left to `_record`, off the request path."""
+        settings = self._tenants.get(tenant)
+        if not path.endswith("/chat/completions") or (settings is not None and not settings.record_episodes):
+            return None
+        return {"tenant": tenant, "header": request.headers.get(CONVERSATION_HEADER),
+                "messages": body.get("messages"), "at": time.time()}
+
+    async def _record(self, turn: dict, answer: str | None, version: str) -> None:
+        """Queue the turn's episode in a task of its own (the answer has gone out already)."""
+        if answer is None:
+            return
+        task = asyncio.create_task(self._write_episode(turn, answer, version))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _write_episode(self, turn: dict, answer: str, version: str) -> None:
+        tenant = turn["tenant"]
+        try:
+            messages = caller_messages(turn["messages"], turn["at"])
+            conv = conversation_id(tenant, turn["header"], messages)
+            messages.append({"role": "assistant", "content": answer, "at": time.time(), "version": version})
+            start, digests = self.transcripts.new(tenant, conv, messages)
+            await asyncio.to_thread(append_episode, self.home, tenant, conv, start, messages[start:], version)
+            self.transcripts.commit(tenant, conv, digests)  # only once written: a failed turn is queued again
+        except OSError as e:
+            log.warning("tenant %s: a conversation turn was not recorded: %s", tenant, e)
+        except Exception:  # never the caller's problem
+            log.exception("tenant %s: a conversation turn was not recorded", tenant)
+
     def _done(self, name: str, tenant: str, usage: dict | None = None) -> None:
         self.meter.done(tenant, usage)
         self.inflight[name] -= 1
         self.last_request = time.time()
 
-    def _upstream_response(self, resp: httpx.Response, content: bytes, headers: dict[str, str]) -> Response:
+    def _upstream_response(self, resp: httpx.Response, content: bytes, headers: dict[str, str],
+                           background: BackgroundTask | None = None) -> Response:
         if resp.status_code == 404:
             # Our route names a model vLLM lacks: it restarted and we have not noticed yet. Its
             # message lists every loaded name (other tenants'): never pass it on.
             e = EngineUnavailable("the model is being reloaded into the engine; retry", retry_after=1)
             return JSONResponse(e.to_dict(), status_code=e.status, headers={"Retry-After": "1"})
         return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"),
-                        headers=headers)
+                        headers=headers, background=background)
 
 
 class _Relay(StreamingResponse):

@@ -1,4 +1,6 @@
 """The grouped CPU LoRA ops give vLLM's numbers, and tokens without an adapter get no LoRA term."""
+import os
+
 import pytest
 import torch
 
@@ -108,12 +110,45 @@ def test_install_patches_the_cpu_punica_wrapper(monkeypatch):
     cls = punica_cpu.PunicaWrapperCPU
     for name in ("add_lora_linear", "add_lora_logits"):
         monkeypatch.setattr(cls, name, getattr(cls, name))
-    assert cpu_lora.install()
+    report = cpu_lora.install()
+    assert report and report.missing == [] and report.vllm == cpu_lora.WRITTEN_FOR
     assert punica_cpu.bgmv_expand is cpu_lora.bgmv_expand
     assert ref.bgmv_shrink is cpu_lora.bgmv_shrink
     assert cls.add_lora_linear is cpu_lora.add_lora_linear
     assert cls.add_lora_logits is cpu_lora.add_lora_logits
     assert cpu_lora._STOCK_ADD_LORA_LINEAR is not cpu_lora.add_lora_linear
+
+
+def test_a_renamed_or_reshaped_vllm_op_is_reported_not_patched_blind(monkeypatch, tmp_path, caplog):
+    import vllm.lora.ops.torch_ops as pkg
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    for mod in (ref, punica_cpu, pkg):
+        for name in cpu_lora._OPS:
+            monkeypatch.setattr(mod, name, getattr(mod, name))
+    cls = punica_cpu.PunicaWrapperCPU
+    monkeypatch.delattr(punica_cpu, "bgmv_expand_slice")  # as if vLLM had renamed it
+    monkeypatch.setattr(cls, "add_lora_logits", lambda self, y, x, lora_stacked, scale: None)
+
+    def reshaped(inputs, output_tensor, lora_b_weights, lora_indices_tensor, add_inputs=True):
+        pass
+
+    monkeypatch.setattr(punica_cpu, "bgmv_expand", reshaped)
+    monkeypatch.setattr(cls, "add_lora_linear", getattr(cls, "add_lora_linear"))
+    monkeypatch.setenv("BAKEHOUSE_CPU_LORA_REPORT", str(tmp_path))
+    with caplog.at_level("WARNING"):
+        report = cpu_lora.install()
+    assert not report
+    assert sorted(m.split(":")[0] for m in report.missing) == [
+        "PunicaWrapperCPU.add_lora_logits", "punica_cpu.bgmv_expand", "punica_cpu.bgmv_expand_slice"]
+    assert "punica_cpu.bgmv_expand_slice: not found" in report.missing
+    assert punica_cpu.bgmv_expand is reshaped  # left alone
+    assert cls.add_lora_linear is cpu_lora.add_lora_linear  # what fits is still replaced
+    assert "NOT fully installed" in caplog.text
+    from serving.engine import read_reports
+
+    (written,) = read_reports(tmp_path)
+    assert written["pid"] == os.getpid() and not written["active"] and written["missing"] == report.missing
 
 
 # -- whole LoRA layers: one shrink for all slices, the rank in use, float32 --------------------------

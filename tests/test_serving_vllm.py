@@ -116,6 +116,20 @@ def test_served_adapter_computes_what_peft_computes(served):
     assert gap < 0.2 * effect, (gap, effect)
 
 
+def test_the_engine_itself_computes_with_the_grouped_lora_ops(served):
+    """Not the test process: the engine's own processes report what they patched and that the
+    grouped ops ran for a LoRA request; the gateway's status shows it."""
+    ask(served, "alice")
+    ops = served.gateway.engine.lora_ops()
+    assert ops["state"] == "grouped", ops
+    assert ops["missing"] == [] and ops["vllm"] == ops["written_for"]
+    assert "add_lora_linear" in ops["ran"] and "stock add_lora_linear" not in ops["ran"]
+    engine_pids = set(ops["processes"])
+    assert os.getpid() not in engine_pids and served.gateway.engine.pid in engine_pids
+    assert len(engine_pids) >= 2  # the API server and the engine core that computes
+    assert served.gateway.status()["engine"]["lora_ops"]["state"] == "grouped"
+
+
 def test_a_key_cannot_reach_another_tenants_model(served):
     c = client(served, "alice")
     with pytest.raises(openai.NotFoundError):

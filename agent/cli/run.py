@@ -141,7 +141,8 @@ def status(as_json, home):
                + (f", bake job {rt['bake']['job']} ({rt['bake']['tenant']}, "
                   f"{'paused' if rt['bake']['paused'] else 'running'})" if rt and rt.get("bake") else ""))
     click.echo(f"gateway: {'ready' if gw and gw['ready'] else 'not ready' if gw else 'not running'}"
-               + (f" on port {gw['port']}, engine {gw['engine']['state']}, {gw['requests']} requests" if gw else ""))
+               + (f" on port {gw['port']}, engine {gw['engine']['state']} (LoRA ops: "
+                  f"{gw['engine'].get('lora_ops', {}).get('state', 'unknown')}), {gw['requests']} requests" if gw else ""))
     if not st["tenants"]:
         click.echo("no tenants with memories")
     for name, t in st["tenants"].items():
