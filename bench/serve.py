@@ -7,12 +7,15 @@ noise only ever slows a run down):
   2. through the gateway: base model only / 1 adapter / 8 tenants' adapters mixed -> tokens/s
   3. gateway overhead: sequential requests via the gateway vs straight to vLLM, interleaved
   4. hot-swap latency: publish (validate + copy + pointer) -> first answer from the new version
+  5. a flooding tenant: another tenant's p95 latency alone and while the first floods, with the
+     gateway's per-tenant concurrency cap (ServeConfig.limits.max_inflight) at 64 / 8 / 2
 The adapters are shaped as a bake makes them by default (BakeConfig: rank 16 on the attention
 and MLP projections; `--adapter-rank`, `--attention-only` to vary), random non-zero weights.
 Prints the figures and writes bench/out/serve.json.
 
     python bench/serve.py            # 32 requests x 32 tokens, 8 swaps
     python bench/serve.py --quick    # 16 x 32, 4 swaps
+    python bench/serve.py --flood-only --skip-peft   # section 5 alone
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ TARGETS = {
     "vllm_vs_peft_min": 5.0,
     "swap_p95_s_max": 1.0,
     "gateway_overhead_pct_max": 5.0,
+    "flood_p95_ratio_max": 1.5,  # the quiet tenant's p95 while another floods, against alone
 }
 TOPICS = ["the sea", "a bakery", "trains", "the moon", "chess", "rain", "bees", "a library",
           "winter", "rivers", "music", "bridges", "tea", "mountains", "clocks", "gardens"]
@@ -174,6 +178,74 @@ def swap_latencies(gw_url: str, key: str, registry, tenant: str, sources: list[P
             "max_s": round(max(out), 3), "publish_call_p50_s": round(pct(publish_s, 0.5), 3)}
 
 
+async def flood(url: str, quiet_key: str, loud_key: str, rounds: int, reps: int, tokens: int,
+                workers: int) -> dict:
+    """One tenant floods (`workers` clients, each sending the next request as soon as its last
+    one ends, retrying a 429 after 0.1 s, not after its Retry-After), the quiet tenant sends one
+    request at a time. The quiet tenant's latencies alone and during the flood, in alternating
+    blocks of `reps` requests."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=256)) as c:
+        body = {"prompt": "Write about tea:", "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+
+        async def quiet() -> float:
+            t = time.perf_counter()
+            r = await c.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {quiet_key}"}, json=body)
+            r.raise_for_status()
+            return time.perf_counter() - t
+
+        counts = {"ok": 0, "429": 0, "other": 0}
+        stop = asyncio.Event()
+
+        async def loud():
+            while not stop.is_set():
+                try:
+                    r = await c.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {loud_key}"},
+                                     json=body)
+                except httpx.HTTPError:
+                    counts["other"] += 1
+                    continue
+                key = "ok" if r.status_code == 200 else "429" if r.status_code == 429 else "other"
+                counts[key] += 1
+                if r.status_code == 429:
+                    await asyncio.sleep(0.1)
+
+        for _ in range(2):
+            await quiet()  # warm-up
+        alone, flooded, loud_s = [], [], 0.0
+        for _ in range(rounds):
+            alone += [await quiet() for _ in range(reps)]
+            stop.clear()
+            tasks = [asyncio.create_task(loud()) for _ in range(workers)]
+            await asyncio.sleep(2.0)  # the flood reaches its steady state
+            t0 = time.perf_counter()
+            flooded += [await quiet() for _ in range(reps)]
+            loud_s += time.perf_counter() - t0 + 2.0
+            stop.set()
+            await asyncio.gather(*tasks)
+    a, f = pct(alone, 0.95), pct(flooded, 0.95)
+    return {"quiet_alone_p95_s": round(a, 3), "quiet_flooded_p95_s": round(f, 3), "ratio": round(f / a, 2),
+            "quiet_alone_p50_s": round(pct(alone, 0.5), 3), "quiet_flooded_p50_s": round(pct(flooded, 0.5), 3),
+            "loud_ok_per_s": round(counts["ok"] / loud_s, 2), "loud_429": counts["429"], "loud_other": counts["other"]}
+
+
+def flood_arms(url: str, gateway, quiet_key: str, loud_key: str, quick: bool, tokens: int) -> dict:
+    """The flood with the gateway's per-tenant concurrency cap at each setting, in one run."""
+    from dataclasses import replace
+
+    out = {}
+    for cap in (64, 8, 2):  # 64: no cap in effect (max_num_seqs); 8: the default
+        gateway.cfg.limits = replace(gateway.cfg.limits, max_inflight=cap)
+        gateway.meter.limits = gateway.cfg.limits
+        out[f"max_inflight_{cap}"] = r = asyncio.run(
+            flood(url, quiet_key, loud_key, rounds=2 if quick else 3, reps=5 if quick else 8, tokens=tokens,
+                  workers=32))
+        print(f"      max_inflight {cap:>2}: {r}", flush=True)
+    gateway.cfg.limits = gateway.meter.limits = replace(gateway.cfg.limits, max_inflight=8)
+    return out
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -192,6 +264,7 @@ def main():
     ap.add_argument("--adapter-rank", type=int, default=None, help="rank of the adapters (default: BakeConfig's)")
     ap.add_argument("--attention-only", action="store_true", help="adapters on q/k/v/o only")
     ap.add_argument("--max-lora-rank", type=int, default=None, help="engine max rank (default: ServeConfig's)")
+    ap.add_argument("--flood-only", action="store_true", help="only the flooding tenant's section (5)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve.json"))
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 32)
@@ -225,7 +298,7 @@ def main():
                               "adapter_targets": list(shape["targets"])}, "targets": TARGETS,
                  "loadavg_start": os.getloadavg(), "cpus": os.cpu_count()}
 
-    if not args.skip_peft:
+    if not args.skip_peft and not args.flood_only:
         print("[1/4] transformers+PEFT baseline (8 adapters, one at a time, batched) ...", flush=True)
         res["peft_8_tenants"] = peft_baseline(model_dir, srcs[:8], n, T, repeats)
         print(f"      {res['peft_8_tenants']}")
@@ -252,7 +325,11 @@ def main():
                 raise TimeoutError("gateway not ready")
             time.sleep(0.2)
         res["engine_startup_s"] = round(time.perf_counter() - t0, 1)
-        print(f"[2/4] gateway + vLLM ready in {res['engine_startup_s']} s; throughput ...", flush=True)
+        print(f"gateway + vLLM ready in {res['engine_startup_s']} s", flush=True)
+        if args.flood_only:
+            res["flood"] = run_flood(url, gateway, keys, args.quick, T)
+            return finish_flood(res, args)
+        print("[2/4] throughput ...", flush=True)
         ps = prompts(n)
         loads = {
             "base": [(keys["plain"], p, None) for p in ps],
@@ -284,6 +361,7 @@ def main():
         print(f"[4/4] hot swap x{swaps} (publish -> first answer from the new version) ...", flush=True)
         res["swap"] = swap_latencies(url, keys["t1"], reg, "t1", srcs[8:10], model_dir, cfg.max_lora_rank, swaps)
         print(f"      {res['swap']}", flush=True)
+        res["flood"] = run_flood(url, gateway, keys, args.quick, T)
     finally:
         server.should_exit = True
         thread.join(60)
@@ -301,6 +379,7 @@ def main():
         "swap_p95_s": res["swap"]["p95_s"],
         "gateway_overhead_pct": res["overhead"]["full_request"]["overhead_pct"],
         "gateway_overhead_ms_one_token": res["overhead"]["one_token"]["overhead_ms"],
+        "flood_quiet_p95_ratio": res["flood"]["max_inflight_8"]["ratio"],
     }
     if "peft_8_tenants" in res:
         summary["peft_tokens_per_s"] = res["peft_8_tenants"]["tokens_per_s"]
@@ -309,9 +388,28 @@ def main():
         "mixed8_vs_single >= 0.8": summary["mixed8_vs_single"] >= TARGETS["mixed8_vs_single_min"],
         "swap p95 <= 1 s": summary["swap_p95_s"] <= TARGETS["swap_p95_s_max"],
         "gateway overhead <= 5%": summary["gateway_overhead_pct"] <= TARGETS["gateway_overhead_pct_max"],
+        "quiet tenant's p95 under a flood <= 1.5x": summary["flood_quiet_p95_ratio"] <= TARGETS["flood_p95_ratio_max"],
     }
     if "vllm_vs_peft" in summary:
         checks["vllm >= 5x peft"] = summary["vllm_vs_peft"] >= TARGETS["vllm_vs_peft_min"]
+    _write(res, args, summary, checks)
+
+
+def run_flood(url: str, gateway, keys: dict, quick: bool, tokens: int) -> dict:
+    print("[5/5] one tenant floods, another asks (p95 alone vs during the flood, per concurrency cap) ...",
+          flush=True)
+    return flood_arms(url, gateway, keys["t2"], keys["t3"], quick, tokens)
+
+
+def finish_flood(res: dict, args) -> None:
+    summary = {"flood_quiet_p95_ratio": res["flood"]["max_inflight_8"]["ratio"]}
+    checks = {"quiet tenant's p95 under a flood <= 1.5x": summary["flood_quiet_p95_ratio"] <= TARGETS["flood_p95_ratio_max"]}
+    _write(res, args, summary, checks)
+
+
+def _write(res: dict, args, summary: dict, checks: dict) -> None:
+    import os
+
     res["summary"], res["checks"] = summary, checks
     res["loadavg_end"] = os.getloadavg()  # other jobs on the shared 2 cores skew every figure
     out = Path(args.out)
