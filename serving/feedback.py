@@ -1,19 +1,17 @@
 """Feedback from tenants' users (`POST /v1/feedback`), queued for the runtime.
 
 serving/ does not know the memory store: the gateway appends each piece of feedback as one JSON
-line to HOME/serving/feedback.jsonl (one `write` of a whole line in append mode, so concurrent
-writers never interleave), and the runtime (agent/runtime/feedback.py) reads what is new and
-turns it into memories.
+line to HOME/serving/feedback.jsonl (see jsonl.py), and the runtime (agent/runtime/feedback.py)
+reads what is new and turns it into memories.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
 from pathlib import Path
 
 from .errors import BadRequest
+from .jsonl import append_line, read_lines
 
 FEEDBACK_FILE = "feedback.jsonl"
 MAX_COMMENT_CHARS = 2000
@@ -45,33 +43,10 @@ def check_feedback(body: object) -> dict:
 def append_feedback(home: Path, tenant: str, fields: dict) -> dict:
     """Queue one piece of feedback; returns the record (with its id)."""
     record = {"id": uuid.uuid4().hex, "tenant": tenant, "at": time.time(), **fields}
-    path = feedback_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_line(feedback_path(home), record)
     return record
 
 
 def read_feedback(home: Path, offset: int = 0) -> tuple[list[dict], int]:
-    """Whole records from byte `offset` on, and the offset after the last whole line (a line
-    being written is left for the next read; an unreadable one is skipped)."""
-    path = feedback_path(home)
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1
-    out = []
-    for line in data[:end].splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out, offset + end
+    """Whole records from byte `offset` on, and the offset after the last whole line."""
+    return read_lines(feedback_path(home), offset)

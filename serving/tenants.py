@@ -3,6 +3,9 @@
 A key looks like `bh-<key_id>-<secret>`: the key id finds the tenant in O(1), the secret is
 checked against sha256(salt + secret) in constant time. The file is replaced atomically, so the
 running gateway (which polls it) sees a tenant added by the CLI within a poll interval.
+
+Per-tenant settings live beside the key: `record_episodes` (default on) says whether the
+gateway queues the tenant's conversations as episodes (episodes.py).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import os
 import secrets
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from filelock import FileLock
@@ -32,6 +35,7 @@ class Tenant:
     salt: str
     key_hash: str
     created: float
+    record_episodes: bool = True  # the gateway queues this tenant's conversations (episodes.py)
 
 
 def _hash(salt: str, secret: str) -> str:
@@ -96,6 +100,19 @@ class TenantStore:
             tenants[name] = t
             self._write(tenants)
         return t, f"{KEY_PREFIX}-{key_id}-{secret}"
+
+    def set(self, name: str, *, record_episodes: bool | None = None) -> Tenant:
+        """Change a tenant's settings (None: unchanged); returns the tenant as stored."""
+        with self._lock:
+            tenants = self.load()
+            if name not in tenants:
+                raise TenantError(f"no tenant named {name!r}")
+            t = tenants[name]
+            if record_episodes is not None:
+                t = replace(t, record_episodes=bool(record_episodes))
+            tenants[name] = t
+            self._write(tenants)
+        return t
 
     def remove(self, name: str) -> None:
         with self._lock:
