@@ -108,11 +108,24 @@ class Transcripts:
             start += 1
         return start, digests
 
-    def commit(self, tenant: str, conv: str, digests: list[bytes]) -> None:
-        self._seen[(tenant, conv)] = digests
-        self._seen.move_to_end((tenant, conv))
+    def commit(self, tenant: str, conv: str, digests: list[bytes]) -> list[bytes] | None:
+        """Note `digests` as queued; returns what was noted before (for `undo`)."""
+        key = (tenant, conv)
+        previous = self._seen.get(key)
+        self._seen[key] = digests
+        self._seen.move_to_end(key)
         while len(self._seen) > self.size:
             self._seen.popitem(last=False)
+        return previous
+
+    def undo(self, tenant: str, conv: str, digests: list[bytes], previous: list[bytes] | None) -> None:
+        """Forget a commit whose write failed (unless a later turn has committed since)."""
+        key = (tenant, conv)
+        if self._seen.get(key) is digests:
+            if previous is None:
+                del self._seen[key]
+            else:
+                self._seen[key] = previous
 
 
 def _digest(m: dict) -> bytes:

@@ -481,26 +481,36 @@ class Gateway:
                 "messages": body.get("messages"), "at": time.time()}
 
     async def _record(self, turn: dict, answer: str | None, version: str) -> None:
-        """Queue the turn's episode in a task of its own (the answer has gone out already)."""
+        """Queue the turn's new messages; the write runs in a task of its own (the answer has gone
+        out already). What is new is decided here, at once, so turns in quick succession of one
+        conversation are queued in order and each message once."""
         if answer is None:
             return
-        task = asyncio.create_task(self._write_episode(turn, answer, version))
-        self._recording.add(task)
-        task.add_done_callback(self._recording.discard)
-
-    async def _write_episode(self, turn: dict, answer: str, version: str) -> None:
         tenant = turn["tenant"]
         try:
             messages = caller_messages(turn["messages"], turn["at"])
             conv = conversation_id(tenant, turn["header"], messages)
             messages.append({"role": "assistant", "content": answer, "at": time.time(), "version": version})
             start, digests = self.transcripts.new(tenant, conv, messages)
-            await asyncio.to_thread(append_episode, self.home, tenant, conv, start, messages[start:], version)
-            self.transcripts.commit(tenant, conv, digests)  # only once written: a failed turn is queued again
-        except OSError as e:
-            log.warning("tenant %s: a conversation turn was not recorded: %s", tenant, e)
+            previous = self.transcripts.commit(tenant, conv, digests)
         except Exception:  # never the caller's problem
             log.exception("tenant %s: a conversation turn was not recorded", tenant)
+            return
+        task = asyncio.create_task(self._write_episode(tenant, conv, start, messages[start:], version,
+                                                       undo=(digests, previous)))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _write_episode(self, tenant: str, conv: str, start: int, messages: list[dict], version: str,
+                             undo: tuple) -> None:
+        try:
+            await asyncio.to_thread(append_episode, self.home, tenant, conv, start, messages, version)
+            return
+        except OSError as e:
+            log.warning("tenant %s: a conversation turn was not recorded: %s", tenant, e)
+        except Exception:
+            log.exception("tenant %s: a conversation turn was not recorded", tenant)
+        self.transcripts.undo(tenant, conv, *undo)  # the next turn queues these messages again
 
     def _done(self, name: str, tenant: str, usage: dict | None = None) -> None:
         self.meter.done(tenant, usage)
