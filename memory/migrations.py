@@ -225,3 +225,16 @@ def m005_runtime_jobs(db: Database) -> None:
 def m006_feed_interval(db: Database) -> None:
     """A feed's own polling interval (NULL: the runtime's --feed-minutes)."""
     _run(db, "ALTER TABLE feeds ADD COLUMN every_minutes REAL CHECK (every_minutes IS NULL OR every_minutes > 0)")
+
+
+@migration
+def m007_episode_conversations(db: Database) -> None:
+    """Which client conversation an episode records (and from which of its messages on), and the
+    runtime's failed attempts at summarising it."""
+    _run(db, """
+    ALTER TABLE episodes ADD COLUMN conversation_id TEXT;
+    ALTER TABLE episodes ADD COLUMN conversation_start INTEGER NOT NULL DEFAULT 0;  -- index of its first message
+    ALTER TABLE episodes ADD COLUMN summary_tries INTEGER NOT NULL DEFAULT 0;       -- failed summaries
+    ALTER TABLE episodes ADD COLUMN summary_error TEXT;                             -- why the last one failed
+    CREATE INDEX episodes_by_conversation ON episodes(tenant, conversation_id, id)
+    """)

@@ -97,6 +97,10 @@ class Episode:
     started_at: str
     updated_at: str
     closed_at: str | None
+    conversation_id: str | None = None  # the client's conversation it records
+    conversation_start: int = 0  # index in that conversation of the episode's first message
+    summary_tries: int = 0  # failed attempts at summarising it
+    summary_error: str | None = None  # why the last one failed
 
     @property
     def summarised(self) -> bool:
@@ -463,8 +467,11 @@ class MemoryStore:
         episode_id: int | None = None,
         source: str | None = None,
         close: bool = False,
+        conversation_id: str | None = None,
+        conversation_start: int = 0,
     ) -> Episode:
-        """Append messages ({"role", "content"}) to an open episode, or start one."""
+        """Append messages ({"role", "content"}, other keys kept) to an open episode, or start one
+        (of the client conversation `conversation_id`, from its message `conversation_start` on)."""
         messages = _check_messages(messages)
         now = utcnow()
         with self.transaction():
@@ -474,6 +481,7 @@ class MemoryStore:
                     "tenant": tenant, "source": source, "status": "open",
                     "messages": json.dumps(messages, ensure_ascii=False),
                     "started_at": now, "updated_at": now,
+                    "conversation_id": conversation_id, "conversation_start": conversation_start,
                 }).last_pk
             else:
                 ep = self.episode(episode_id)
@@ -496,6 +504,13 @@ class MemoryStore:
         if row is None:
             raise UnknownEpisode(episode_id)
         return _episode(row)
+
+    def conversation_episode(self, tenant: str, conversation_id: str) -> Episode | None:
+        """The newest episode of a client conversation (open or closed), or None."""
+        row = next(self.db.query(
+            "SELECT * FROM episodes WHERE tenant = ? AND conversation_id = ? ORDER BY id DESC LIMIT 1",
+            [tenant, conversation_id]), None)
+        return _episode(row) if row is not None else None
 
     def close_episode(self, episode_id: int) -> Episode:
         with self.transaction():
@@ -535,9 +550,21 @@ class MemoryStore:
             else:
                 m = self.add(ep.tenant, "episode_summary", text, source=f"episode:{episode_id}")
             self.db.execute(
-                "UPDATE episodes SET summary_memory_id = ? WHERE id = ?", [m.id, episode_id]
+                "UPDATE episodes SET summary_memory_id = ?, summary_error = NULL WHERE id = ?",
+                [m.id, episode_id],
             )
         return m
+
+    def fail_summary(self, episode_id: int, reason: str) -> Episode:
+        """Record a failed attempt at summarising the episode (nothing else changes)."""
+        with self.transaction():
+            ep = self.episode(episode_id)
+            self.db.execute(
+                "UPDATE episodes SET summary_tries = summary_tries + 1, summary_error = ? WHERE id = ?",
+                [reason[:500], episode_id],
+            )
+            self._audit("episode.summary_failed", tenant=ep.tenant, episode=episode_id, reason=reason[:500])
+        return self.episode(episode_id)
 
     # -- bake ledger ---------------------------------------------------------------------------
 
@@ -721,7 +748,9 @@ def _episode(r: dict) -> Episode:
     return Episode(
         id=r["id"], tenant=r["tenant"], source=r["source"], messages=json.loads(r["messages"]),
         status=r["status"], summary_memory_id=r["summary_memory_id"], started_at=r["started_at"],
-        updated_at=r["updated_at"], closed_at=r["closed_at"],
+        updated_at=r["updated_at"], closed_at=r["closed_at"], conversation_id=r["conversation_id"],
+        conversation_start=r["conversation_start"], summary_tries=r["summary_tries"],
+        summary_error=r["summary_error"],
     )
 
 
