@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from memory import MemoryStore, MemoryStoreError
 from memory.store import check_tenant
+from serving.episodes import CONVERSATION_HEADER
 from serving.hot import HOT_TOKENS_HEADER, VERSION_HEADER
 
 from .home import resolve_home
@@ -38,7 +39,6 @@ from .home import resolve_home
 ENV_URL = "BAKEHOUSE_URL"
 ENV_KEY = "BAKEHOUSE_API_KEY"
 DEFAULT_URL = "http://127.0.0.1:8100/v1"
-CONVERSATION_HEADER = "X-Bakehouse-Conversation"
 MAX_FACT_CHARS = 1000  # a fact goes into every prompt until it is baked: keep it one sentence
 # httpx's (connect, read, write, pool) in s: a closed or unreachable gateway fails within seconds,
 # a CPU engine may take minutes to answer. A tuple, not an httpx.Timeout: langchain-openai shares

@@ -1,4 +1,5 @@
-"""`bakehouse remember`, `memories`, `forget`, `compose`, `feedback` and `feeds add|poll|list|import|export`."""
+"""`bakehouse remember`, `memories`, `forget`, `compose`, `feedback`, `episodes` and
+`feeds add|poll|list|import|export`."""
 from __future__ import annotations
 
 import dataclasses
@@ -171,6 +172,44 @@ def feedback(comment, tenant, rating, conversation_id, home):
         click.echo(f"Learned instruction #{m.id} for tenant {m.tenant!r}: {m.text}")
     else:
         click.echo(f"Already known as instruction #{m.id}: {m.text}")
+
+
+@cli.command()
+@click.option("--tenant", "-t", help="Only this tenant's episodes.")
+@click.option("--json", "as_json", is_flag=True, help="Full records as JSON.")
+@home_option
+@domain_errors(MemoryStoreError)
+def episodes(tenant, as_json, home):
+    """List recorded conversations (episodes): status, messages, and the summary or why the last
+    attempt at one failed.
+
+    Example usage:
+
+        bakehouse episodes
+        bakehouse episodes --tenant alice --json
+    """
+    from ..runtime.episodes import episode_rows
+
+    with _store(home) as store:
+        rows = episode_rows(store, tenant)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no episodes (conversations through the gateway under `bakehouse run` are recorded)")
+        return
+    click.echo(f"{'id':>5}  {'tenant':<12} {'conversation':<20} {'status':<10} {'msgs':>4}  "
+               f"{'started':<16}  {'updated':<16}  summary")
+    for r in rows:
+        if r["summary"] is not None:
+            note = _short(r["summary"], 60)
+        elif r["summary_error"]:
+            note = f"failed {r['summary_tries']}x: {_short(r['summary_error'], 50)}"
+        else:
+            note = "-"
+        click.echo(f"{r['id']:>5}  {r['tenant']:<12} {_short(r['conversation_id'] or '-', 20):<20} "
+                   f"{r['status']:<10} {r['messages']:>4}  {r['started_at'][:16].replace('T', ' '):<16}  "
+                   f"{r['updated_at'][:16].replace('T', ' '):<16}  {note}")
 
 
 @cli.group()

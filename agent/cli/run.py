@@ -23,6 +23,8 @@ from . import cli, domain_errors, home_option
               help="Bake (or resume a paused bake) after this long without a request.")
 @click.option("--hot-budget", default=1500, show_default=True, help="Tokens of memories in each tenant's system prompt.")
 @click.option("--feed-minutes", default=15.0, show_default=True, help="How often every feed is polled.")
+@click.option("--episode-idle", default=30.0, show_default=True,
+              help="Minutes without a message before a conversation's episode closes and is summarised.")
 @click.option("--min-batch", default=1, show_default=True, help="Hot memories a tenant needs before a bake ...")
 @click.option("--max-wait", default=600.0, show_default=True, help="... unless its oldest has waited this long (s).")
 @click.option("--max-batch", default=20, show_default=True, help="Memories per bake.")
@@ -49,7 +51,7 @@ from . import cli, domain_errors, home_option
               help="json: one JSON object per log line (runtime.log and the terminal).")
 @home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
-def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch, max_wait, max_batch,
+def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, episode_idle, min_batch, max_wait, max_batch,
         max_tries, max_lora_rank, max_layers, epochs, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
         graduation, min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
@@ -81,6 +83,7 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, min_batch
     overrides = {"min_steps": min_steps, **({"epochs": epochs} if epochs else {})}
     cfg = RuntimeConfig(home=home, model_dir=resolve_model(model_opt, home), host=host, port=port,
                         idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,
+                        episode_idle=episode_idle,
                         min_batch=min_batch, max_wait=max_wait, max_batch=max_batch, max_tries=max_tries,
                         max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
                         concurrent_bakes=concurrent_bakes,

@@ -114,12 +114,30 @@ def tenants_list(home):
         return
     state = Registry(home).load()
     live = _live_status(home)
-    click.echo(f"{'tenant':<16} {'key id':<14} {'created':<19}  {'adapter':<14} serving")
+    click.echo(f"{'tenant':<16} {'key id':<14} {'created':<19}  {'episodes':<8}  {'adapter':<14} serving")
     for name, t in sorted(all_tenants.items()):
         cur = state.get(name)
         pointer = f"{name}@v{cur.current}" if cur and cur.current is not None else "base"
         serving = live["routes"].get(name, "base") if live else "(gateway not running)"
-        click.echo(f"{name:<16} {t.key_id:<14} {_when(t.created):<19}  {pointer:<14} {serving}")
+        episodes = "on" if t.record_episodes else "off"
+        click.echo(f"{name:<16} {t.key_id:<14} {_when(t.created):<19}  {episodes:<8}  {pointer:<14} {serving}")
+
+
+@tenants.command("set")
+@click.argument("name")
+@click.option("--episodes/--no-episodes", "record_episodes", default=None,
+              help="Record the tenant's conversations as episodes (summarised into memories) or not.")
+@home_option
+@domain_errors(ServingError)
+def tenants_set(name, record_episodes, home):
+    """Change a tenant's settings; the running gateway applies them within a second.
+
+    Example usage:
+
+        bakehouse tenants set alice --no-episodes
+    """
+    t = TenantStore(home).set(name, record_episodes=record_episodes)
+    click.echo(f"tenant {t.name}: episodes: {'on' if t.record_episodes else 'off'}")
 
 
 @tenants.command("remove")

@@ -27,6 +27,8 @@ class RuntimeConfig:
     graduation: str = "majority"  # when a memory's probes say the weights hold it (baker.verify.RULES)
     pause_bakes: bool = True  # SIGSTOP the bake while requests are served
     feed_minutes: float = 15.0  # how often every feed is polled
+    episode_idle: float = 30.0  # minutes without a message before an episode closes and is summarised
+    summary_tries: int = 3  # failed summaries of an episode before it is left unsummarised
     tick_seconds: float = 1.0  # planner period
     hot_seconds: float = 0.25  # how often the hot tier looks for new memories
     bake_overrides: dict = field(default_factory=dict)  # BakeConfig fields for every bake
@@ -37,12 +39,15 @@ class RuntimeConfig:
 
     def __post_init__(self):
         self.home, self.model_dir = Path(self.home), Path(self.model_dir)
-        for name in ("hot_budget", "min_batch", "max_batch", "max_tries", "max_layers", "concurrent_bakes"):
+        for name in ("hot_budget", "min_batch", "max_batch", "max_tries", "max_layers", "concurrent_bakes",
+                     "summary_tries"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("idle_seconds", "max_wait", "retry_after_failure", "feed_minutes"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.episode_idle > 0:
+            raise ValueError(f"episode_idle must be > 0 minutes, got {self.episode_idle!r}")
         from baker.verify import RULES
 
         if self.graduation not in RULES:

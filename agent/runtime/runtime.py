@@ -2,7 +2,8 @@
 
     main thread      uvicorn: the gateway (it supervises the vLLM engine process group)
     scheduler thread APScheduler, jobs run one at a time in that thread: the learner's tick
-                     (hot tier, rollbacks, plan / pace / finish a bake), feed polls, status
+                     (hot tier, rollbacks, plan / pace / finish a bake), feed polls, feedback and
+                     episodes (read from the gateway's queues; summaries by the served model), status
     bake process     one job at a time, its own process group (agent/runtime/worker.py)
 
 Ctrl-C / SIGTERM stop all of it: uvicorn shuts the gateway (and vLLM) down, then the scheduler
@@ -44,6 +45,7 @@ class Runtime:
         self.gateway.metrics.add_collector(RuntimeCollector(self))
         self.learner = None  # made in the scheduler thread (SQLite connections stay in one thread)
         self._feedback = None  # the feedback queue reader (same thread)
+        self._episodes = None  # the episode queue reader (same thread)
         self.scheduler = None
         self.started = time.time()
         self.last_error: str | None = None
@@ -101,18 +103,39 @@ class Runtime:
                          f", error: {r.error}" if r.error else "")
         learner.hot.sync()
 
-    def learn_feedback(self) -> None:
-        """Instructions from the gateway's feedback queue: hot at once, baked like any memory."""
+    def _readers(self):
+        """The readers of the gateway's episode and feedback queues (made in the scheduler's thread)."""
+        from .episodes import EpisodeReader, ServedModel
         from .feedback import FeedbackReader
 
         learner = self._learner()
         if self._feedback is None:
-            self._feedback = FeedbackReader(learner.store, self.cfg.home)
-        learned = self._feedback.poll()
+            self._episodes = EpisodeReader(learner.store, self.cfg.home)
+            self._feedback = FeedbackReader(learner.store, self.cfg.home, complete=ServedModel(self.gateway))
+        return self._episodes, self._feedback
+
+    def learn_feedback(self) -> None:
+        """Instructions from the gateway's feedback queue: hot at once, baked like any memory."""
+        episodes, feedback = self._readers()
+        episodes.poll()  # first: a comment may be about a turn still in the episode queue
+        learned = feedback.poll()
         for m in learned:
             log.info("learned an instruction from feedback (%s): #%d %s", m.tenant, m.id, m.text)
         if learned:  # at once, not at the hot job's next tick
-            learner.hot.sync()
+            self.learner.hot.sync()
+
+    def summarise_episodes(self) -> None:
+        """Close the episodes idle for --episode-idle minutes; summarise closed ones with each
+        tenant's served model into episode_summary memories (hot at once)."""
+        from .episodes import ServedModel, close_idle, summarise_closed
+
+        episodes, _ = self._readers()
+        episodes.poll()
+        store = self.learner.store
+        for ep in close_idle(store, self.cfg.episode_idle):
+            log.info("episode %d (%s) closed after %g idle minutes", ep.id, ep.tenant, self.cfg.episode_idle)
+        if summarise_closed(store, ServedModel(self.gateway), max_tries=self.cfg.summary_tries):
+            self.learner.hot.sync()
 
     def _write_status(self) -> None:
         learner = self.learner
@@ -149,6 +172,7 @@ class Runtime:
                   next_run_time=_now())
         s.add_job(self._hot_sync, "interval", seconds=self.cfg.hot_seconds, id="hot")
         s.add_job(self.learn_feedback, "interval", seconds=1.0, id="feedback")
+        s.add_job(self.summarise_episodes, "interval", seconds=10.0, id="episodes")
         s.start()
         self.scheduler = s
 

@@ -1,0 +1,396 @@
+"""Episodes: the gateway's queue of conversation turns, the runtime's reader, idle closing, and
+summaries by the tenant's model (a scripted one here; the real SmolLM2 in the last test)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from fastapi.testclient import TestClient
+
+from agent.cli import cli
+from agent.runtime import RuntimeConfig
+from agent.runtime.episodes import (
+    EpisodeReader,
+    ModelUnavailable,
+    ServedModel,
+    check_summary,
+    close_idle,
+    episode_rows,
+    summarise_closed,
+)
+from memory import MemoryStore
+from serving.config import ServeConfig
+from serving.episodes import CONVERSATION_HEADER, append_episode, episodes_path, read_episodes
+from serving.gateway import Gateway, create_app
+from serving.hot import write_hot
+from serving.tenants import TenantStore
+
+
+# -- the gateway's queue -------------------------------------------------------------------------
+
+class FakeEngine:
+    url, port, pid, restarts, last_error = "http://vllm.test", 1, 4242, 0, None
+
+    def __init__(self):
+        self.state, self.epoch = "stopped", 0
+
+    async def supervise(self, client, on_up):
+        import asyncio
+
+        self.epoch, self.state = 1, "up"
+        await on_up()
+        while True:
+            await asyncio.sleep(1)
+
+    def alive(self):
+        return self.state == "up"
+
+    def stop(self):
+        self.state = "stopped"
+
+
+def fake_vllm(bodies: list) -> FastAPI:
+    """Answers "echo: <last user message>", as one body or as an SSE stream of words."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        bodies.append(body)
+        answer = "echo: " + body["messages"][-1]["content"]
+        if not body.get("stream"):
+            return {"object": "chat.completion", "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+
+        def events():
+            yield 'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+            for word in answer.split(" "):
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': word + ' '}}]})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+@pytest.fixture
+def gw(home, tiny_model_dir):
+    """(client, gateway, keys, bodies the fake engine received)"""
+    store = TenantStore(home)
+    keys = {n: store.add(n)[1] for n in ("alice", "bob")}
+    bodies: list = []
+    gateway = Gateway(ServeConfig(model_dir=tiny_model_dir, poll_interval=0.05), home, engine=FakeEngine(),
+                      transport=httpx.ASGITransport(app=fake_vllm(bodies)))
+    with TestClient(create_app(gateway)) as client:
+        _wait(lambda: gateway.ready)
+        yield client, gateway, keys, bodies
+
+
+def _wait(cond, timeout=3.0):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def _chat(client, key, messages, conv=None, **extra):
+    headers = {"Authorization": f"Bearer {key}", **({CONVERSATION_HEADER: conv} if conv else {})}
+    return client.post("/v1/chat/completions", json={"messages": messages, **extra}, headers=headers)
+
+
+def _queued(home, n):
+    _wait(lambda: len(read_episodes(home)[0]) >= n)
+    return read_episodes(home)[0]
+
+
+def _turns(records):
+    return [(r["tenant"], r["conversation_id"], r["from"], [(m["role"], m["content"]) for m in r["messages"]])
+            for r in records]
+
+
+def test_each_turn_is_queued_once_without_the_hot_prompt(gw, home):
+    client, gateway, keys, bodies = gw
+    write_hot(home, {"alice": {"*": {"text": "HOT MEMORIES", "tokens": 3}}})
+    _wait(lambda: "alice" in gateway.hot)
+    history = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}]
+    r = _chat(client, keys["alice"], history, conv="c1")
+    assert r.status_code == 200
+    assert bodies[-1]["messages"][0]["content"].startswith("HOT MEMORIES")  # the engine got the hot prompt
+    history += [{"role": "assistant", "content": "echo: hi"}, {"role": "user", "content": "more"}]
+    assert _chat(client, keys["alice"], history, conv="c1").status_code == 200  # the history resent
+    first, second = _queued(home, 2)
+    assert _turns([first, second]) == [
+        ("alice", "c1", 0, [("system", "Be kind."), ("user", "hi"), ("assistant", "echo: hi")]),
+        ("alice", "c1", 3, [("user", "more"), ("assistant", "echo: more")]),  # only what is new
+    ]
+    assert "HOT MEMORIES" not in episodes_path(home).read_text()
+    assert second["messages"][-1]["version"] == "base" and second["version"] == "base"
+    assert second["messages"][0]["at"] <= second["messages"][1]["at"]
+
+
+def test_without_a_header_the_conversation_id_is_derived_from_tenant_and_first_message(gw, home):
+    client, _, keys, _ = gw
+    _chat(client, keys["alice"], [{"role": "user", "content": "plan my trip"}])
+    _chat(client, keys["alice"], [{"role": "user", "content": "plan my trip"},
+                                  {"role": "assistant", "content": "echo: plan my trip"},
+                                  {"role": "user", "content": "to Lisbon"}])
+    _chat(client, keys["alice"], [{"role": "user", "content": "another topic"}])
+    _chat(client, keys["bob"], [{"role": "user", "content": "plan my trip"}])
+    a1, a2, a3, b1 = _queued(home, 4)
+    assert a1["conversation_id"] == a2["conversation_id"] and a1["conversation_id"].startswith("auto-")
+    assert (a2["from"], [m["content"] for m in a2["messages"]]) == (2, ["to Lisbon", "echo: to Lisbon"])
+    assert len({a1["conversation_id"], a3["conversation_id"], b1["conversation_id"]}) == 3
+
+
+def test_a_stream_is_queued_with_its_assembled_answer(gw, home):
+    client, _, keys, _ = gw
+    with client.stream("POST", "/v1/chat/completions", json={"messages": [{"role": "user", "content": "tell me"}],
+                       "stream": True}, headers={"Authorization": f"Bearer {keys['alice']}",
+                                                 CONVERSATION_HEADER: "s1"}) as r:
+        body = b"".join(r.iter_bytes())
+    assert r.status_code == 200 and b"[DONE]" in body
+    (rec,) = _queued(home, 1)
+    assert _turns([rec]) == [("alice", "s1", 0, [("user", "tell me"), ("assistant", "echo: tell me ")])]
+
+
+def test_a_tenant_with_recording_off_is_not_queued(gw, home):
+    client, gateway, keys, _ = gw
+    r = CliRunner().invoke(cli, ["tenants", "set", "alice", "--no-episodes", "--home", str(home)])
+    assert r.exit_code == 0 and "episodes: off" in r.output, r.output
+    _wait(lambda: not gateway._tenants["alice"].record_episodes)
+    assert _chat(client, keys["alice"], [{"role": "user", "content": "secret"}]).status_code == 200
+    assert _chat(client, keys["bob"], [{"role": "user", "content": "hello"}]).status_code == 200
+    (rec,) = _queued(home, 1)
+    time.sleep(0.1)
+    assert rec["tenant"] == "bob" and len(read_episodes(home)[0]) == 1
+    assert "secret" not in episodes_path(home).read_text()
+    r = CliRunner().invoke(cli, ["tenants", "list", "--home", str(home)])
+    assert "off" in r.output.splitlines()[1] and "on" in r.output.splitlines()[2]
+
+
+def test_an_unwritable_queue_never_fails_the_request_and_the_turn_is_queued_later(gw, home, caplog):
+    client, gateway, keys, _ = gw
+    episodes_path(home).mkdir(parents=True)  # a directory where the file should be: OSError
+    with caplog.at_level(logging.WARNING, logger="bakehouse.serving.gateway"):
+        r = _chat(client, keys["alice"], [{"role": "user", "content": "hi"}], conv="c1")
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hi"
+        _wait(lambda: "not recorded" in caplog.text)
+    episodes_path(home).rmdir()
+    _chat(client, keys["alice"], [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "echo: hi"},
+                                  {"role": "user", "content": "again"}], conv="c1")
+    (rec,) = _queued(home, 1)
+    assert rec["from"] == 0 and len(rec["messages"]) == 4  # nothing of the failed turn is lost
+
+
+# -- the runtime's reader and idle closing ---------------------------------------------------------
+
+@pytest.fixture
+def store(home):
+    s = MemoryStore.in_home(home, actor="test")
+    yield s
+    s.close()
+
+
+def _turn(home, conv, start, *texts, tenant="alice"):
+    roles = ["user", "assistant"] * len(texts)
+    append_episode(home, tenant, conv, start, [{"role": r, "content": t} for r, t in zip(roles, texts)], "base")
+
+
+def test_the_reader_keeps_one_episode_per_conversation_without_duplicates(home, store):
+    _turn(home, "c1", 0, "hi", "hello")
+    _turn(home, "c1", 2, "more", "sure")
+    _turn(home, "c2", 0, "other", "ok")
+    reader = EpisodeReader(store, home)
+    assert len(reader.poll()) == 2
+    (e1, e2) = store.episodes("alice")
+    assert (e1.conversation_id, [m["content"] for m in e1.messages]) == ("c1", ["hi", "hello", "more", "sure"])
+    assert e2.conversation_id == "c2" and e1.status == e2.status == "open"
+    assert reader.poll() == [] and EpisodeReader(store, home).poll() == []  # the offset is kept
+    _turn(home, "c1", 0, "hi", "hello", "more", "sure", "last")  # a restarted gateway resends it all
+    EpisodeReader(store, home).poll()
+    assert [m["content"] for m in store.episode(e1.id).messages] == ["hi", "hello", "more", "sure", "last"]
+    # after it closes, the same conversation goes on in a new episode, from where the old one ended
+    store.close_episode(e1.id)
+    _turn(home, "c1", 0, "hi", "hello", "more", "sure", "last", "back again")
+    (ep,) = EpisodeReader(store, home).poll()
+    assert ep.id != e1.id and ep.conversation_start == 5 and [m["content"] for m in ep.messages] == ["back again"]
+    assert store.conversation_episode("alice", "c1").id == ep.id
+
+
+def test_episodes_close_after_the_idle_minutes(home, store):
+    _turn(home, "c1", 0, "hi", "hello")
+    EpisodeReader(store, home).poll()
+    assert close_idle(store, 30) == []
+    later = datetime.now(timezone.utc) + timedelta(minutes=31)
+    (ep,) = close_idle(store, 30, now=later)
+    assert ep.status == "closed" and store.episodes("alice", status="open") == []
+    with pytest.raises(ValueError, match="episode_idle"):
+        RuntimeConfig(home=home, model_dir=home, episode_idle=0)
+
+
+# -- summaries -----------------------------------------------------------------------------------
+
+class Scripted:
+    """A tenant model that answers from a script (an Exception instance is raised)."""
+
+    def __init__(self, *answers):
+        self.answers, self.calls = list(answers), []
+
+    def __call__(self, tenant, messages, *, max_tokens, temperature):
+        self.calls.append((tenant, messages, temperature))
+        a = self.answers.pop(0)
+        if isinstance(a, BaseException):
+            raise a
+        return a
+
+
+@pytest.fixture
+def closed(home, store):
+    _turn(home, "c1", 0, "I'm planning a trip to Lisbon in May.", "Lisbon in May is warm and sunny.")
+    EpisodeReader(store, home).poll()
+    (ep,) = close_idle(store, 1, now=datetime.now(timezone.utc) + timedelta(minutes=2))
+    return ep
+
+
+GOOD = "The user is planning a trip to Lisbon in May and heard it is warm."
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("", "empty summary"),
+    ("   ", "empty summary"),
+    ("Lisbon trip.", "too short"),
+    ("The user " + "talked about many things and " * 30, "too long"),
+    ("I'm planning a trip to Lisbon in May.", "echoes the prompt"),
+    ("User: I'm so glad you enjoyed the trip.", "echoes the prompt"),
+    ("In one sentence, what did the user talk about?", "echoes the prompt"),
+    ("The trip trip trip trip trip trip trip trip trip", "repeats itself"),
+    ("the user said the user said the user said the user said", "repeats itself"),
+    (httpx.ConnectError("engine gone"), "model error"),
+])
+def test_a_failed_summary_stores_nothing_and_the_episode_waits_for_a_retry(store, closed, answer, reason):
+    model = Scripted(answer, GOOD)
+    assert summarise_closed(store, model, max_tries=3) == []
+    ep = store.episode(closed.id)
+    assert (ep.status, ep.summarised, ep.summary_tries) == ("closed", False, 1)
+    assert reason in ep.summary_error and len(ep.messages) == 2  # the transcript is kept
+    assert store.memories("alice", kind="episode_summary") == []
+    (m,) = summarise_closed(store, model, max_tries=3)  # the next tick tries again, sampling
+    assert model.calls[1][2] > 0 and m.text == GOOD
+    assert store.episode(closed.id).summary_error is None
+
+
+def test_a_summary_is_stored_hot_and_tries_are_capped(store, closed, home):
+    model = Scripted("", "x", "")
+    for _ in range(5):
+        summarise_closed(store, model, max_tries=3)
+    assert len(model.calls) == 3 and store.episode(closed.id).summary_tries == 3  # then left alone
+    model = Scripted(f'"{GOOD}"')
+    _turn(home, "c9", 0, "My cat Miso is three.", "Lovely!")
+    EpisodeReader(store, home).poll()
+    close_idle(store, 1, now=datetime.now(timezone.utc) + timedelta(minutes=2))
+    (m,) = summarise_closed(store, model, max_tries=3)
+    assert (m.kind, m.text, m.source) == ("episode_summary", GOOD, f"episode:{m.source.split(':')[1]}")
+    assert "My cat Miso is three." in model.calls[0][1][0]["content"]  # the transcript was asked about
+    assert GOOD in store.compose("alice").text  # hot at once
+    rows = {r["conversation_id"]: r for r in episode_rows(store)}
+    assert rows["c9"]["status"] == "summarised" and rows["c9"]["summary"] == GOOD
+    assert rows["c1"]["status"] == "closed" and rows["c1"]["summary_tries"] == 3
+
+
+def test_an_engine_that_is_not_ready_counts_no_try(store, closed):
+    assert summarise_closed(store, Scripted(ModelUnavailable("starting")), max_tries=3) == []
+    assert store.episode(closed.id).summary_tries == 0
+
+
+def test_check_summary_cleans_a_good_one():
+    assert check_summary(f"Summary: {GOOD}", "a prompt") == (GOOD, None)
+
+
+def test_bakehouse_episodes_lists_status_and_summary_or_failure(home, store, closed):
+    summarise_closed(store, Scripted(""), max_tries=3)
+    _turn(home, "c2", 0, "hello there", "hi", tenant="bob")
+    EpisodeReader(store, home).poll()
+    r = CliRunner().invoke(cli, ["episodes", "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    assert "alice" in r.output and "c1" in r.output and "closed" in r.output and "empty summary" in r.output
+    assert "bob" in r.output and "open" in r.output
+    r = CliRunner().invoke(cli, ["episodes", "--tenant", "bob", "--json", "--home", str(home)])
+    (row,) = json.loads(r.output)
+    assert (row["tenant"], row["conversation_id"], row["status"], row["messages"]) == ("bob", "c2", "open", 2)
+    r = CliRunner().invoke(cli, ["episodes", "--tenant", "nobody", "--home", str(home)])
+    assert r.exit_code == 1 and "nobody" in r.output
+
+
+# -- the real model --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_conversation_through_the_gateway_is_recorded_and_summarised_by_the_real_model(served):
+    url, key = served.url, served.keys["carol"]  # carol is served the base SmolLM2
+    history = [{"role": "user", "content": "I'm planning a trip to Lisbon in May with my sister Ana."}]
+    for follow_up in ("What should we eat there?", None):
+        r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}",
+                       CONVERSATION_HEADER: "trip-1"}, json={"messages": history, "max_tokens": 40}, timeout=120)
+        assert r.status_code == 200
+        history.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+        if follow_up:
+            history.append({"role": "user", "content": follow_up})
+    with MemoryStore.in_home(served.home, actor="test") as store:
+        t0 = time.monotonic()
+        while not any(ep.conversation_id == "trip-1" and len(ep.messages) == 4
+                      for ep in (store.episodes("carol") if "carol" in store.tenants() else [])):
+            assert time.monotonic() - t0 < 10, "the conversation was not recorded"
+            EpisodeReader(store, served.home).poll()
+            time.sleep(0.1)
+        ep = store.conversation_episode("carol", "trip-1")
+        assert [m["role"] for m in ep.messages] == ["user", "assistant", "user", "assistant"]
+        assert ep.messages[0]["content"] == history[0]["content"] and ep.messages[3]["version"] == "base"
+        close_idle(store, 1, now=datetime.now(timezone.utc) + timedelta(minutes=2))
+        model = ServedModel(served.gateway)
+        summaries = []
+        for _ in range(3):  # greedy first, then sampled retries
+            summaries += summarise_closed(store, model, max_tries=3)
+            if summaries:
+                break
+        ep = store.episode(ep.id)
+        assert summaries, f"no summary after {ep.summary_tries} tries: {ep.summary_error}"
+        print("summary:", summaries[0].text)
+        assert ep.summarised and summaries[0].kind == "episode_summary"
+        assert check_summary(summaries[0].text, "")[0] == summaries[0].text
+
+
+def test_the_runtime_records_closes_and_summarises_into_the_hot_tier(home, tiny_model_dir, monkeypatch):
+    from agent.runtime.runtime import Runtime
+    from serving.feedback import append_feedback
+    from serving.hot import read_hot
+
+    rt = Runtime(RuntimeConfig(home=home, model_dir=tiny_model_dir, episode_idle=0.001), engine=FakeEngine())
+    try:
+        _turn(home, "c1", 0, "I'm planning a trip to Lisbon in May.", "Lisbon in May is warm and sunny.")
+        append_feedback(home, "alice", {"comment": "That was far too long.", "rating": -1, "conversation_id": "c1"})
+        rt.learn_feedback()  # the engine is not up: the episode is recorded, nothing is proposed
+        store = rt.learner.store
+        (ep,) = store.episodes("alice")
+        assert ep.conversation_id == "c1" and store.memories("alice") == []
+        time.sleep(0.1)
+        rt.summarise_episodes()  # closed after the idle minutes; the summary waits for the engine
+        ep = store.episode(ep.id)
+        assert (ep.status, ep.summarised, ep.summary_tries) == ("closed", False, 0)
+
+        monkeypatch.setattr(ServedModel, "__call__", lambda self, tenant, messages, **kw: GOOD)
+        rt.summarise_episodes()
+        assert store.episode(ep.id).summarised
+        assert GOOD in read_hot(home)["alice"]["*"]  # in the hot tier at once
+    finally:
+        if rt.learner is not None:
+            rt.learner.stop()
+            rt.learner.store.close()
