@@ -1,11 +1,15 @@
-"""Instructions learned from feedback: the rule in a comment, the queue reader, the CLI."""
+"""Instructions learned from feedback: the rule in a comment, the queue reader, the CLI, rules the
+tenant's model proposes from the conversation, and contradicting rules superseding older ones."""
 from __future__ import annotations
 
+import logging
+
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from agent.cli import cli
-from agent.runtime.feedback import FeedbackReader, rule_from_comment
+from agent.runtime.feedback import FeedbackReader, contradicts, learn, rule_from_comment
 from memory import MemoryStore
 from serving.feedback import append_feedback
 
@@ -55,3 +59,107 @@ def test_bakehouse_feedback(tmp_path):
     assert r.exit_code == 0 and "nothing learned" in r.output
     r = CliRunner().invoke(cli, ["feedback", "x", "--rating", "7", *home])
     assert r.exit_code == 2
+
+
+# -- instructions proposed by the tenant's model ------------------------------------------------
+
+class Proposer:
+    """The tenant's model, scripted: returns `answer` (raises it if it is an exception)."""
+
+    def __init__(self, answer):
+        self.answer, self.asked = answer, []
+
+    def __call__(self, tenant, messages, *, max_tokens, temperature):
+        self.asked.append((tenant, messages[-1]["content"]))
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+@pytest.fixture
+def store(home):
+    s = MemoryStore.in_home(home, actor="test")
+    s.record_episode("alice", [{"role": "user", "content": "What is the capital of France?"},
+                               {"role": "assistant", "content": "Paris, a city with a long history, ... " * 5}],
+                     conversation_id="c1")
+    yield s
+    s.close()
+
+
+def test_a_comment_without_a_rule_gets_an_instruction_proposed_from_the_episode(store):
+    model = Proposer('Instruction: "Keep answers short."')
+    m = learn(store, "alice", "That was way too long.", -1, "c1", "fb-1", complete=model)
+    assert (m.kind, m.text, m.meta["rule"], m.meta["conversation_id"]) == \
+        ("instruction", "Keep answers short.", "proposed", "c1")
+    (tenant, asked), = model.asked
+    assert tenant == "alice" and "capital of France" in asked and "That was way too long." in asked
+    assert "Keep answers short." in store.compose("alice").text
+
+
+@pytest.mark.parametrize("answer", [
+    "The user's feedback: The user's feedback is too long.\n\nHere's a possible response:",  # no instruction
+    "Be brief. Also add a joke.",  # two sentences
+    "",
+    "Keep " + "it " * 80 + "short",  # too long
+    httpx.ConnectError("engine gone"),  # the model failed
+])
+def test_a_proposal_that_is_no_single_short_instruction_stores_nothing(store, answer, caplog):
+    with caplog.at_level(logging.INFO, logger="bakehouse.runtime.feedback"):
+        assert learn(store, "alice", "That was way too long.", -1, "c1", complete=Proposer(answer)) is None
+    assert store.memories("alice") == [] and "episode" in caplog.text
+
+
+def test_no_proposal_without_an_episode_a_comment_or_when_it_is_known(store):
+    model = Proposer("Keep answers short.")
+    assert learn(store, "alice", "Too long.", -1, "unknown-conversation", complete=model) is None
+    assert learn(store, "alice", None, -1, "c1", complete=model) is None  # a bare rating
+    assert learn(store, "alice", "Too long.", -1, None, complete=model) is None
+    assert model.asked == []
+    store.add("alice", "instruction", "Keep answers short.")
+    assert learn(store, "alice", "Too long.", -1, "c1", complete=model) is None  # a duplicate
+    assert len(model.asked) == 1 and len(store.memories("alice", kind="instruction")) == 1
+
+
+def test_the_reader_asks_the_model_for_comments_without_a_rule(store, home):
+    append_feedback(home, "alice", {"comment": "Meh, way too long", "rating": -1, "conversation_id": "c1"})
+    (m,) = FeedbackReader(store, home, complete=Proposer("Please answer in one sentence.")).poll()
+    assert m.text == "Answer in one sentence."
+
+
+# -- contradicting instructions ------------------------------------------------------------------
+
+@pytest.mark.parametrize("new, old, expected", [
+    ("Never use emojis.", "Always use emojis.", True),
+    ("Use emojis.", "Don't use emojis.", True),
+    ("Do not use emojis.", "Use emojis.", True),
+    ("Answer in detail.", "Answer in one sentence.", True),
+    ("Answer in three paragraphs.", "Always answer in one sentence.", True),
+    ("Reply in German.", "Answer in French.", True),
+    ("Call me Sam.", "Call me Alex.", True),
+    ("Address me as Dr. Lee.", "Call me Sam.", True),
+    ("Answer in French.", "Answer in one sentence.", False),  # the language and the length
+    ("Always use emojis.", "Answer in one sentence.", False),
+    ("Use bullet points.", "Use emojis.", False),
+    ("Never use emojis.", "Never use bullet points.", False),
+    ("Don't answer in French.", "Answer in German.", False),
+    ("Answer in one sentence.", "Answer in one sentence.", False),
+])
+def test_contradicts(new, old, expected):
+    assert contradicts(new, old) is expected
+
+
+def test_a_contradicting_instruction_supersedes_the_old_one_and_keeps_its_history(store):
+    emojis = learn(store, "alice", "Always use emojis")
+    short = learn(store, "alice", "From now on answer in one sentence")
+    french = learn(store, "alice", "Please reply in French")
+    no_emojis = learn(store, "alice", "never use emojis")
+    detail = learn(store, "alice", "Answer in detail")
+    live = {m.text for m in store.memories("alice", kind="instruction", valid_only=True)}
+    assert live == {"Reply in French.", "Never use emojis.", "Answer in detail."}
+    assert store.get(emojis.id).superseded_by == no_emojis.id and store.get(short.id).superseded_by == detail.id
+    assert store.get(french.id).valid  # unrelated: untouched
+    assert [a.action for a in store.history(emojis.id)] == ["memory.add", "memory.supersede"]
+    prompt = store.compose("alice").text
+    assert "Never use emojis." in prompt and "Always use emojis." not in prompt and "one sentence" not in prompt
+    back = learn(store, "alice", "Answer in one sentence")  # and back again: a new memory
+    assert back.created and store.get(detail.id).superseded_by == back.id

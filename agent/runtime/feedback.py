@@ -3,16 +3,28 @@
 Feedback reaches the runtime through the gateway's queue (serving/feedback.py) or straight from
 `bakehouse feedback`. A comment that states a rule ("from now on answer in one sentence") becomes
 that rule as an `instruction` memory: hot at once, baked like any memory. A comment that states no
-rule, and a bare rating, are kept in the queue file only.
+rule ("that was far too long") about a conversation the runtime recorded (agent/runtime/episodes.py)
+goes to the tenant's own model, which proposes one instruction from the conversation and the
+comment; the proposal is kept only if it passes the same checks as a stated rule and is new.
+Anything else (and a bare rating) is kept in the queue file only.
+
+A new instruction that contradicts an older one supersedes it (`contradicts`: the same verb and
+object with the opposite polarity, "Always use emojis." / "Never use emojis."; or the same setting
+with another value, "Answer in one sentence." / "Answer in detail.", "Call me Sam." / "Call me Al.").
 """
 from __future__ import annotations
 
-import os
+import logging
 import re
 from pathlib import Path
 
-from memory import Memory, MemoryStore
+from memory import Memory, MemoryStore, content_hash
 from serving.feedback import read_feedback
+
+from .episodes import Complete, transcript
+from .queues import OffsetFile
+
+log = logging.getLogger("bakehouse.runtime.feedback")
 
 MAX_RULE_CHARS = 200
 _LEAD = r"(?:(?:from now on|in (?:the )?future|going forward|next time|in general|generally)[,:]?\s+)?(?:please\s+)?"
@@ -34,45 +46,146 @@ def rule_from_comment(comment: str | None) -> str | None:
     return rule[0].upper() + rule[1:] + "."
 
 
+# -- contradictions -----------------------------------------------------------------------------
+
+_NEGATIVE = re.compile(r"^(?:never|don't)\s+")
+_POSITIVE = re.compile(r"^(?:always|do)\s+")
+# leading verb phrases that set one thing: the same phrase with another tail is a new value
+_SETTINGS = {
+    "answer in": "reply", "reply in": "reply", "respond in": "reply", "write in": "reply",
+    "speak in": "reply", "talk in": "reply",
+    "call me": "name", "address me as": "name",
+}
+_LANGUAGES = set("""english french german spanish italian portuguese dutch swedish norwegian danish
+finnish polish czech greek turkish russian ukrainian arabic hebrew hindi chinese mandarin cantonese
+japanese korean vietnamese thai indonesian latin esperanto catalan""".split())
+
+
+def _polarity(rule: str) -> tuple[bool, str]:
+    """(positive?, the rule without always / never / do / don't), lower case, no full stop."""
+    t = " ".join(rule.lower().replace("do not ", "don't ").split()).rstrip(" .!")
+    if m := _NEGATIVE.match(t):
+        return False, t[m.end():]
+    if m := _POSITIVE.match(t):
+        return True, t[m.end():]
+    return True, t
+
+
+def _setting(rest: str) -> tuple[str, str] | None:
+    """(what the rule sets, its value) for a rule that starts with one of _SETTINGS."""
+    for lead in sorted(_SETTINGS, key=len, reverse=True):
+        if rest.startswith(lead + " "):
+            key, value = _SETTINGS[lead], rest[len(lead) + 1:]
+            if key == "reply":  # the language of a reply and its length are separate settings
+                key += ":language" if value.split()[0] in _LANGUAGES else ":form"
+            return key, value
+    return None
+
+
+def contradicts(new: str, old: str) -> bool:
+    """True if instruction `new` overrides `old`: the same verb and object with the opposite
+    polarity (always / never, do / don't), or both set the same thing to different values
+    (answer in ..., reply in ..., call me ...). Unrelated instructions never contradict."""
+    (pos_new, rest_new), (pos_old, rest_old) = _polarity(new), _polarity(old)
+    if rest_new == rest_old:
+        return pos_new != pos_old
+    if pos_new and pos_old:
+        a, b = _setting(rest_new), _setting(rest_old)
+        return a is not None and b is not None and a[0] == b[0] and a[1] != b[1]
+    return False
+
+
+# -- learning ------------------------------------------------------------------------------------
+
 def learn(store: MemoryStore, tenant: str, comment: str | None, rating: int | None = None,
-          conversation_id: str | None = None, feedback_id: str | None = None) -> Memory | None:
-    """Store the instruction `comment` states for `tenant` (None if it states none)."""
-    rule = rule_from_comment(comment)
+          conversation_id: str | None = None, feedback_id: str | None = None,
+          complete: Complete | None = None) -> Memory | None:
+    """Store the instruction `comment` states for `tenant`, or, if it states none, the one the
+    tenant's model proposes from the recorded conversation (`complete`; None: no proposal).
+    Returns the instruction (superseding any it contradicts), or None if nothing was learned."""
+    rule, how = rule_from_comment(comment), "stated"
+    if rule is None:
+        rule, how = propose_rule(store, tenant, comment, conversation_id, complete), "proposed"
     if rule is None:
         return None
     meta = {k: v for k, v in {"feedback_id": feedback_id, "conversation_id": conversation_id,
-                              "rating": rating, "comment": (comment or "")[:500]}.items() if v is not None}
-    return store.add(tenant, "instruction", rule, source="feedback", meta=meta)
+                              "rating": rating, "comment": (comment or "")[:500], "rule": how}.items()
+            if v is not None}
+    return add_instruction(store, tenant, rule, meta)
+
+
+def add_instruction(store: MemoryStore, tenant: str, rule: str, meta: dict | None = None) -> Memory:
+    """Store `rule` as an instruction; it supersedes every live instruction it contradicts."""
+    with store.transaction():
+        old = [m for m in _instructions(store, tenant) if contradicts(rule, m.text)]
+        if not old:
+            return store.add(tenant, "instruction", rule, source="feedback", meta=meta)
+        new = store.supersede(old[0].id, rule, source="feedback", meta=meta)
+        for m in old[1:]:  # the same new text: linked to the one new memory
+            store.supersede(m.id, rule, source="feedback", meta=meta)
+    log.info("instruction #%d (%s) %r supersedes %s", new.id, tenant, rule,
+             ", ".join(f"#{m.id} {m.text!r}" for m in old))
+    return new
+
+
+def _instructions(store: MemoryStore, tenant: str) -> list[Memory]:
+    if tenant not in store.tenants():
+        return []
+    return store.memories(tenant, kind="instruction", valid_only=True)
+
+
+def propose_messages(conversation: str, comment: str) -> list[dict]:
+    return [{"role": "user", "content": f"Here is a conversation between a user and an assistant:\n\n"
+                                        f"{conversation}\n\nThe user's feedback: {comment}\n\n"
+                                        "Write one short instruction for the assistant, in the imperative, "
+                                        "that follows this feedback. Reply with the instruction only."}]
+
+
+def propose_rule(store: MemoryStore, tenant: str, comment: str | None, conversation_id: str | None,
+                 complete: Complete | None) -> str | None:
+    """The instruction the tenant's model proposes for a comment that states none, from the
+    recorded conversation; None (logged) unless it is one short imperative sentence and new."""
+    if complete is None or not (comment or "").strip() or not conversation_id:
+        return None
+    ep = store.conversation_episode(tenant, conversation_id)
+    if ep is None:
+        log.info("feedback (%s) on conversation %s: no rule stated and no episode recorded", tenant, conversation_id)
+        return None
+    try:
+        answer = complete(tenant, propose_messages(transcript(ep), comment.strip()), max_tokens=40, temperature=0.0)
+    except Exception as e:
+        log.warning("feedback (%s) on episode %d: no instruction proposed: %s", tenant, ep.id, e)
+        return None
+    cleaned = re.sub(r"^\s*(?:instruction\s*:\s*)?", "", (answer or "").strip(), flags=re.I).strip().strip('"\'')
+    rule = rule_from_comment(cleaned)
+    if rule is None:
+        log.info("feedback (%s) on episode %d: the proposal %r is no instruction; nothing stored",
+                 tenant, ep.id, (answer or "")[:200])
+        return None
+    if any(m.content_hash == content_hash(rule) for m in _instructions(store, tenant)):
+        log.info("feedback (%s) on episode %d: the proposal %r is already an instruction", tenant, ep.id, rule)
+        return None
+    log.info("feedback (%s) on episode %d: the model proposes %r", tenant, ep.id, rule)
+    return rule
 
 
 class FeedbackReader:
-    """Reads the gateway's feedback queue from where it stopped (HOME/runtime/feedback.offset)."""
+    """Reads the gateway's feedback queue from where it stopped (HOME/runtime/feedback.offset).
+    `complete` (the tenant's served model) proposes instructions for comments that state none."""
 
-    def __init__(self, store: MemoryStore, home: Path):
-        self.store, self.home = store, Path(home)
-        self.offset_path = self.home / "runtime" / "feedback.offset"
-        self._offset: int | None = None  # read from the file once, then kept here
-
-    def offset(self) -> int:
-        if self._offset is None:
-            try:
-                self._offset = int(self.offset_path.read_text())
-            except (FileNotFoundError, ValueError):
-                self._offset = 0
-        return self._offset
+    def __init__(self, store: MemoryStore, home: Path, complete: Complete | None = None):
+        self.store, self.home, self.complete = store, Path(home), complete
+        self.offset = OffsetFile(self.home / "runtime" / "feedback.offset")
 
     def poll(self) -> list[Memory]:
         """Learn from every new piece of feedback; returns the instructions stored."""
-        records, end = read_feedback(self.home, self.offset())
+        records, end = read_feedback(self.home, self.offset.get())
         learned = []
         for r in records:
-            m = learn(self.store, r["tenant"], r.get("comment"), r.get("rating"), r.get("conversation_id"), r.get("id"))
+            m = learn(self.store, r["tenant"], r.get("comment"), r.get("rating"), r.get("conversation_id"),
+                      r.get("id"), complete=self.complete)
             if m is not None and m.created:
                 learned.append(m)
         if records:  # after the memories: a crash in between learns a rule twice, which add() dedupes
-            self.offset_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.offset_path.with_suffix(".tmp")
-            tmp.write_text(str(end))
-            os.replace(tmp, self.offset_path)
-            self._offset = end
+            self.offset.set(end)
         return learned
