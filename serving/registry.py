@@ -192,11 +192,18 @@ class Registry:
                 )
                 (staging / META_FILE).write_text(json.dumps(asdict(rec), indent=2))
                 os.chmod(staging, 0o755)
-                _rename_new(staging, self.version_dir(tenant, n))
+                vdir = self.version_dir(tenant, n)
+                _rename_new(staging, vdir)
                 t.versions[n] = rec
                 t.previous, t.current = t.current, n
-                self._write(state)
+                try:
+                    self._write(state)
+                except BaseException:  # the pointer did not move: the copy must not stay either
+                    shutil.rmtree(vdir, ignore_errors=True)
+                    raise
             return rec
+        except OSError as e:  # a full disk, a read-only home: nothing was changed
+            raise RegistryError(f"could not publish {src} for {tenant!r}: {e}; the registry is unchanged") from e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
