@@ -180,8 +180,9 @@ def swap_latencies(gw_url: str, key: str, registry, tenant: str, sources: list[P
 
 async def flood(url: str, quiet_key: str, loud_key: str, rounds: int, reps: int, tokens: int,
                 workers: int) -> dict:
-    """One tenant floods (`workers` clients, each sending the next request as soon as its last
-    one ends, retrying a 429 after 0.1 s, not after its Retry-After), the quiet tenant sends one
+    """One tenant floods (`workers` clients, more than its running + waiting share, each sending
+    the next request as soon as its last one ends, retrying a 429 after 0.1 s, not after its
+    Retry-After), the quiet tenant sends one
     request at a time. The quiet tenant's latencies alone and during the flood, in alternating
     blocks of `reps` requests."""
     import httpx
@@ -240,7 +241,7 @@ def flood_arms(url: str, gateway, quiet_key: str, loud_key: str, quick: bool, to
         gateway.meter.limits = gateway.cfg.limits
         out[f"max_inflight_{cap}"] = r = asyncio.run(
             flood(url, quiet_key, loud_key, rounds=2 if quick else 3, reps=5 if quick else 8, tokens=tokens,
-                  workers=32))
+                  workers=48))
         print(f"      max_inflight {cap:>2}: {r}", flush=True)
     gateway.cfg.limits = gateway.meter.limits = replace(gateway.cfg.limits, max_inflight=8)
     return out

@@ -400,20 +400,26 @@ class Gateway:
             raise BadRequest("per-request 'seed' is not supported by this engine; it uses a global seed")
         if not self.ready:
             raise EngineUnavailable("the inference engine is (re)starting", retry_after=5)
-        name = self.resolve(tenant, body.get("model"))
-        turn = self._episode_turn(request, tenant, path, body)
-        hot = hot_prompt(self.hot, tenant, name)
-        body = with_hot_prompt(body, path, hot.text)
+        self.resolve(tenant, body.get("model"))  # an unknown model is refused before any wait
+        await self.meter.acquire(tenant)  # waits in line past the tenant's share; 429 past its queue
+        try:
+            # resolved after the wait: the version is the one served now, and it is counted in
+            # flight before the next await, so the retire step can never unload it mid-request
+            name = self.resolve(tenant, body.get("model"))
+            turn = self._episode_turn(request, tenant, path, body)
+            hot = hot_prompt(self.hot, tenant, name)
+            body = with_hot_prompt(body, path, hot.text)
+        except BaseException:
+            self.meter.done(tenant)
+            raise
         version = "base" if name == self.cfg.served_base_name else name
         served = served_headers(version, hot)
         body["model"] = name
         body["cache_salt"] = tenant  # no prefix-cache timing channel between tenants on the base
         stream = bool(body.get("stream"))
 
-        self.meter.admit(tenant)  # 429 past the tenant's share
         for hook in self.on_request:
             hook(tenant)
-        # Count before the first await: the retire step can never unload a version mid-request.
         self.inflight[name] += 1
         self.requests += 1
         self.last_request = time.time()

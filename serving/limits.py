@@ -6,12 +6,15 @@
   steer the engine around the gateway.
 - `n`, `max_tokens`, the number of messages and the body size are bounded by the server's
   settings.
-- Per tenant, at most `max_inflight` requests at once and at most `tokens_per_minute` tokens
-  (prompt + completion, as the engine reports them) in any minute; past either, a 429 with
-  Retry-After. One tenant flooding cannot hold every engine slot.
+- Per tenant, at most `max_inflight` requests at once; up to `max_queued` more wait for a slot
+  in order (a rejected request that is retried at once costs the gateway more than one that
+  waits); past that, and past `tokens_per_minute` tokens (prompt + completion, as the engine
+  reports them) in any minute, a 429 with Retry-After. One tenant flooding cannot hold every
+  engine slot.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import time
@@ -39,6 +42,7 @@ class Limits:
     max_n: int = 4  # choices per request (each is a full generation on this CPU)
     max_tokens: int | None = None  # per request; None: the served context length
     max_inflight: int = 8  # requests of one tenant at once
+    max_queued: int = 32  # more of one tenant's requests wait (in order) for a slot; past that, 429
     tokens_per_minute: int | None = None  # per tenant; None: no rate limit
 
 
@@ -71,32 +75,68 @@ def check_body(body: dict, path: str, limits: Limits, context_len: int) -> None:
 
 
 class TenantMeter:
-    """In-flight requests and a sliding minute of tokens, per tenant."""
+    """In-flight and waiting requests and a sliding minute of tokens, per tenant."""
 
     def __init__(self, limits: Limits, clock=time.monotonic):
         self.limits, self.clock = limits, clock
         self.inflight: collections.Counter[str] = collections.Counter()
+        self.waiting: dict[str, collections.deque] = collections.defaultdict(collections.deque)  # futures
         self.spent: dict[str, collections.deque] = collections.defaultdict(collections.deque)  # (t, tokens)
 
     def admit(self, tenant: str) -> None:
-        """Count a request in, or raise RateLimited."""
-        if self.inflight[tenant] >= self.limits.max_inflight:
+        """Count a request in now, or raise RateLimited (no waiting)."""
+        self._check_rate(tenant)
+        if self.inflight[tenant] >= self.limits.max_inflight or self.waiting[tenant]:
             raise RateLimited(f"too many concurrent requests for this tenant (at most {self.limits.max_inflight})")
-        cap = self.limits.tokens_per_minute
-        if cap is not None:
-            window = self._window(tenant)
-            used = sum(t for _, t in window)
-            if used >= cap:
-                wait = 60 - (self.clock() - window[0][0])
-                raise RateLimited(f"token rate limit: {used} of {cap} tokens in the last minute",
-                                  retry_after=max(1, math.ceil(wait)))
         self.inflight[tenant] += 1
 
+    async def acquire(self, tenant: str) -> None:
+        """Count a request in, waiting in line for a slot if the tenant has `max_inflight` running;
+        RateLimited past `max_queued` waiting or past the token rate."""
+        self._check_rate(tenant)
+        queue = self.waiting[tenant]
+        if self.inflight[tenant] < self.limits.max_inflight and not queue:
+            self.inflight[tenant] += 1
+            return
+        if len(queue) >= self.limits.max_queued:
+            raise RateLimited(f"too many concurrent requests for this tenant (at most {self.limits.max_inflight} "
+                              f"running and {self.limits.max_queued} waiting)")
+        slot = asyncio.get_running_loop().create_future()
+        queue.append(slot)
+        try:
+            await slot  # done() hands its slot over: the in-flight count stays as it is
+        except asyncio.CancelledError:  # the client left while waiting
+            if slot.done() and not slot.cancelled():  # ... just as it was handed a slot: pass it on
+                self.done(tenant)
+            else:
+                try:
+                    queue.remove(slot)
+                except ValueError:
+                    pass
+            raise
+
     def done(self, tenant: str, usage: dict | None = None) -> None:
-        self.inflight[tenant] -= 1
         tokens = (usage or {}).get("total_tokens") or 0
         if tokens and self.limits.tokens_per_minute is not None:
             self.spent[tenant].append((self.clock(), int(tokens)))
+        queue = self.waiting[tenant]
+        while queue:
+            slot = queue.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self.inflight[tenant] -= 1
+
+    def _check_rate(self, tenant: str) -> None:
+        cap = self.limits.tokens_per_minute
+        if cap is None:
+            return
+        window = self._window(tenant)
+        used = sum(t for _, t in window)
+        if used >= cap:
+            wait = 60 - (self.clock() - window[0][0])
+            raise RateLimited(f"token rate limit: {used} of {cap} tokens in the last minute",
+                              retry_after=max(1, math.ceil(wait)))
 
     def _window(self, tenant: str) -> collections.deque:
         w, now = self.spent[tenant], self.clock()

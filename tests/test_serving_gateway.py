@@ -400,7 +400,7 @@ def test_only_bounded_openai_fields_reach_the_engine(gw, extra, status, message)
     assert ok.status_code == 200 and fake.bodies[-1]["max_tokens"] == 16
 
 
-@pytest.mark.parametrize("limits", [Limits(max_inflight=1)])
+@pytest.mark.parametrize("limits", [Limits(max_inflight=1, max_queued=0)])
 def test_a_tenant_past_its_concurrency_gets_429_and_others_do_not(gw, limits):
     client, gateway, _, _, keys = gw
     out = {}
@@ -413,6 +413,55 @@ def test_a_tenant_past_its_concurrency_gets_429_and_others_do_not(gw, limits):
     slow.join()
     assert out["r"].status_code == 200 and gateway.meter.inflight["alice"] == 0
     assert _chat(client, keys["alice"]).status_code == 200
+
+
+@pytest.mark.parametrize("limits", [Limits(max_inflight=1, max_queued=1)])
+def test_past_its_concurrency_a_request_waits_in_line_and_past_the_line_gets_429(gw, limits):
+    client, gateway, _, _, keys = gw
+    out = {}
+    first = threading.Thread(target=lambda: out.update(a=_chat(client, keys["alice"], metadata={"delay": 1.0})))
+    first.start()
+    _wait(lambda: gateway.meter.inflight["alice"] == 1)
+    second = threading.Thread(target=lambda: out.update(b=_chat(client, keys["alice"])))
+    second.start()
+    _wait(lambda: len(gateway.meter.waiting["alice"]) == 1)
+    r = _chat(client, keys["alice"])  # the line is full
+    assert r.status_code == 429 and "1 waiting" in r.json()["error"]["message"]
+    assert _chat(client, keys["bob"]).status_code == 200  # another tenant is not held up
+    first.join()
+    second.join()
+    assert out["a"].status_code == 200 and out["b"].status_code == 200  # the waiter was served after
+    assert gateway.meter.inflight["alice"] == 0 and not gateway.meter.waiting["alice"]
+
+
+def test_a_waiter_that_leaves_gives_up_its_place_and_leaks_no_slot():
+    import asyncio
+
+    async def run():
+        meter = TenantMeter(Limits(max_inflight=1, max_queued=4))
+        await meter.acquire("a")
+        gone = asyncio.create_task(meter.acquire("a"))
+        stays = asyncio.create_task(meter.acquire("a"))
+        await asyncio.sleep(0)
+        assert len(meter.waiting["a"]) == 2
+        gone.cancel()  # the client disconnected while waiting
+        await asyncio.sleep(0)
+        meter.done("a")  # the slot goes to the one still waiting, not the one that left
+        await stays
+        assert gone.cancelled() and meter.inflight["a"] == 1
+        meter.done("a")
+        assert meter.inflight["a"] == 0 and not meter.waiting["a"]
+        # handed a slot at the moment it is cancelled: the slot passes on, nothing leaks
+        await meter.acquire("a")
+        late = asyncio.create_task(meter.acquire("a"))
+        await asyncio.sleep(0)
+        meter.done("a")
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        assert meter.inflight["a"] == 0
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("limits", [Limits(tokens_per_minute=15)])
