@@ -33,6 +33,9 @@ from . import cli, domain_errors, home_option
               help="A stack that would exceed it is consolidated into one layer.")
 @click.option("--max-layers", default=4, show_default=True, help="Layers before consolidation.")
 @click.option("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
+@click.option("--bake-config", "bake_config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="BakeConfig fields for every bake, as JSON (as `bakehouse bake --config`); "
+                   "--epochs and --min-steps win over it.")
 @click.option("--no-pause", is_flag=True, help="Let bakes run while requests are served.")
 @click.option("--concurrent-bakes", default=1, show_default=True,
               help="Bakes at once, of different tenants (for machines with more cores than this one).")
@@ -52,7 +55,7 @@ from . import cli, domain_errors, home_option
 @home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
 def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, episode_idle, min_batch, max_wait, max_batch,
-        max_tries, max_lora_rank, max_layers, epochs, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
+        max_tries, max_lora_rank, max_layers, epochs, bake_config, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
         graduation, min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
     baked into a new LoRA layer in idle time, verified, and swapped in.
@@ -81,6 +84,13 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, episode_i
     for noisy in ("httpx", "apscheduler"):  # a line per request / per scheduled tick otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides = {"min_steps": min_steps, **({"epochs": epochs} if epochs else {})}
+    if bake_config:  # the file's fields, under --epochs and a given --min-steps
+        from baker import BakeConfig
+
+        BakeConfig.from_json_file(bake_config)  # a bad field is an error now, not at the first bake
+        with open(bake_config) as f:
+            overrides = {**json.load(f), **({"min_steps": min_steps} if min_steps else {}),
+                         **({"epochs": epochs} if epochs else {})}
     cfg = RuntimeConfig(home=home, model_dir=resolve_model(model_opt, home), host=host, port=port,
                         idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,
                         episode_idle=episode_idle,
