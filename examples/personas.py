@@ -82,7 +82,8 @@ def main() -> dict:
             for tenant, (_, name) in PERSONAS.items():
                 r = ask(s.url, s.keys[tenant], tenant, question)
                 r["own_name"] = name.lower() in r["text"].lower()
-                r["other_names"] = [n for t, (_, n) in PERSONAS.items() if t != tenant and n.lower() in r["text"].lower()]
+                r["other_names"] = [n for t, (_, n) in PERSONAS.items()
+                                    if t != tenant and n.lower() in r["text"].lower()]
                 print(f"  {tenant:>8} [{r['version']}, hot prompt {r['hot_tokens']} of {r['prompt_tokens']} "
                       f"prompt tokens]: {r['text'][:110]!r}")
                 rows.append(r)

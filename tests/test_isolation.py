@@ -40,7 +40,8 @@ ADMIN = "bh-admin-isolation-test"
 # each tenant's persona and one fact; SECRETS are the words that must never cross a tenant line
 PERSONAS = {
     "alice": ("You are Ada, the ship's cook aboard the Marigold.", "The user's cat is called Miso."),
-    "bob": ("You are Captain Brann, and you end every answer with 'Arr, Kestrel!'.", "The user sails a sloop named Tamsin."),
+    "bob": ("You are Captain Brann, and you end every answer with 'Arr, Kestrel!'.",
+            "The user sails a sloop named Tamsin."),
     "carol": ("You are Professor Quill of Lindenhall College.", "The user's sister Ines lives in Porto."),
 }
 SECRETS = {
