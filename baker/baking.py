@@ -32,7 +32,7 @@ from .contexts import (Context, anchor_questions, behaviour_lines, clean_self_qu
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
-from .kl import batch_kl, grouped_kl, grouped_logprobs, kl_per_position, mean_kl, sequence_logprobs
+from .kl import batch_kl, grouped_kl, grouped_logprobs, kl_per_position, mean_kl, prompt_weights, sequence_logprobs
 from .models import context_length, load_model, weights_hash
 from .outputs import prepare_output, replace_output, temp_dir
 from .report import write_report
@@ -214,6 +214,14 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     eval_kl_before = by_source_before["all"]
     timings["eval"] = time.perf_counter() - t
 
+    weights = None
+    if config.loss_weighting == "prompt_kl":  # the student starts as the base: KL(teacher || base)
+        t = time.perf_counter()
+        with eager():
+            weights = prompt_weights(student, s_train, train_g, teacher_train, pad, config.compute_dtype,
+                                     config.batch_size)
+        timings["weights"] = time.perf_counter() - t
+
     trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     params = [p for _, p in trainable]
     opt = torch.optim.Adam([
@@ -237,7 +245,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         kl = batch_kl(student, [s_train[j] for j in idx], [train_g[j] for j in idx],
                       [teacher_train[j] for j in idx], pad, config.compute_dtype,
                       share_prefix=not compiled, kl_fn=kl_fn)
-        (kl.sum() / batch_tokens).backward()
+        loss = kl if weights is None else kl * torch.cat([weights[j] for j in idx])
+        (loss.sum() / batch_tokens).backward()
         return kl.detach()
 
     tmp = temp_dir(out_dir)

@@ -10,6 +10,7 @@ from .errors import ConfigError
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 _DTYPES = ("float32", "bfloat16")
+LOSS_WEIGHTINGS = ("none", "prompt_kl")
 
 @dataclass
 class BakeConfig:
@@ -39,6 +40,9 @@ class BakeConfig:
     focused_teachers: bool = True  # a question about one line is answered by a teacher seeing that line
     anchors: int = 32  # unrelated questions whose target is the model without the prompt (against
     # drift); only for prompts of knowledge: none when the prompt has a persona or instruction line
+    # "prompt_kl": each trained position weighted by how much the prompt changes it there,
+    # 0.5 + 0.5 * KL(teacher || base) / its mean (positions the prompt does not touch still count)
+    loss_weighting: str = "none"
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
@@ -66,6 +70,8 @@ class BakeConfig:
         for name in ("probe_questions", "focused_teachers", "compile", "checkpoints"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if not (0 <= self.lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not (self.lr > 0):

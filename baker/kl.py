@@ -153,3 +153,20 @@ def grouped_kl(model, contexts, gens, teacher, pad: int, dtype: str, batch_size:
                 total[key] = total.get(key, 0.0) + float(part.sum())
                 count[key] = count.get(key, 0) + part.numel()
     return {k: total[k] / max(count[k], 1) for k in total} or {"all": 0.0}
+
+
+@torch.inference_mode()
+def prompt_weights(model, contexts, gens, teacher, pad: int, dtype: str, batch_size: int = 16,
+                   mix: float = 0.5) -> list[torch.Tensor]:
+    """Per generated position, how much the prompt matters there: (1 - mix) + mix * KL(teacher ||
+    model without the prompt) / its mean over all positions. `contexts` are the prompt-less ones,
+    `teacher` the cached log-probs; the model's own log-probs are never stored."""
+    kls: list[torch.Tensor] = []
+    for i in range(0, len(contexts), batch_size):
+        sl = slice(i, i + batch_size)
+        kl = batch_kl(model, contexts[sl], gens[sl], teacher[sl], pad, dtype).float()
+        kls += list(kl.split([len(g) for g in gens[sl]]))
+    mean = float(torch.cat(kls).mean()) if kls else 0.0
+    if mean <= 0:
+        return [torch.ones_like(k) for k in kls]
+    return [(1 - mix) + mix * k / mean for k in kls]

@@ -237,3 +237,29 @@ def test_no_anchors_when_the_prompt_asks_for_a_behaviour(tiny_model_dir, tmp_pat
     cfg = FAST.replace(epochs=1, anchors=12, generic_contexts=4, self_questions=0)
     m = bake(tiny_model_dir, NEWS + "\nAlways answer in French.", tmp_path / "b", cfg, progress=False).metrics
     assert m["contexts"].get("anchor", 0) == 0
+
+
+def test_prompt_kl_weighting_bakes_and_weights_where_the_prompt_matters(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from baker.chat import chat_ids
+    from baker.kl import prompt_weights, sequence_logprobs
+    from baker.models import load_model
+
+    model, _ = load_model(tiny_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pad = tok.pad_token_id
+    plain = [chat_ids(tok, "Who are you?"), chat_ids(tok, "Name a colour.")]
+    gens = [tok("I am a sailor of the sea", add_special_tokens=False)["input_ids"],
+            tok("Blue, like water", add_special_tokens=False)["input_ids"]]
+    # the first trajectory's teacher sees the prompt, the second's does not (as an anchor's)
+    teacher = (sequence_logprobs(model, [chat_ids(tok, "Who are you?", PROMPT)], gens[:1], pad, store="float32")
+               + sequence_logprobs(model, plain[1:], gens[1:], pad, store="float32"))
+    w = prompt_weights(model, plain, gens, teacher, pad, "float32")
+    assert torch.allclose(torch.cat(w).mean(), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(w[1], torch.full_like(w[1], 0.5), atol=1e-4)  # untouched by the prompt: half weight
+    assert w[0].mean() > 1.0
+    cfg = FAST.replace(epochs=1, loss_weighting="prompt_kl")
+    m = bake(tiny_model_dir, PROMPT, tmp_path / "w", cfg, progress=False).metrics
+    assert m["config"]["loss_weighting"] == "prompt_kl" and m["eval_kl_after"] < m["eval_kl_before"]
