@@ -1,9 +1,11 @@
 """Bake benchmark: all 20 fictional headlines of shared/data/headlines.jsonl as one prompt.
 
 Prints (and writes bench/out/bake.json): eval KL before/after, drift KL, the KL floor of a
-reordered prompt (see `reorder_floor`), headline recall for the base / prompted / baked model
-(keyword match, greedy, no prompt for base and baked), wall time per phase, trained tokens/s, peak
-RSS; then the same bake by the naive reference loop (bench/naive.py) run to the same held-out KL,
+reordered prompt (see `reorder_floor`), headline recall for the base / prompted (all 20) /
+focused (each question's own headline alone as the prompt) / baked model (keyword match, greedy,
+no prompt for base and baked), retention (of the shipped general questions the base answers
+right, the share the baked model still answers right), wall time per phase, trained tokens/s,
+peak RSS; then the same bake by the naive reference loop (bench/naive.py) run to the same held-out KL,
 and the time ratio.
 
     python bench/bake.py                      # full run (the naive loop takes a while)
@@ -25,7 +27,8 @@ DATA = ROOT.parent / "shared" / "data" / "headlines.jsonl"
 # written for this bench: 20 questions move by +-0.1 between seeds of one setting.
 MORE = ROOT / "bench" / "data" / "headline_questions.jsonl"
 
-TARGETS = {"kl_ratio_max": 0.10, "recall_ratio_min": 0.9, "bake_seconds_max": 300, "speedup_min": 5.0}
+TARGETS = {"kl_ratio_max": 0.10, "recall_ratio_min": 0.9, "bake_seconds_max": 300, "speedup_min": 5.0,
+           "retention_min": 0.95}
 
 
 def headlines_prompt(rows: list[dict]) -> str:
@@ -82,8 +85,10 @@ def main():
     reports = [r for r, _, _ in runs]
     report, m, trajs = runs[0]  # the naive loop runs against the first seed's bake
     if len(seeds) > 1:  # the 20-question recall moves by +-0.1 between seeds: report the spread
-        keys = ("kl_ratio", "recall_ratio", "recall_more_ratio", "drift_kl", "bake_seconds", "kl_floor_ratio")
-        report["seeds"] = [{"seed": s, **{k: r[k] for k in keys}, "recall": r["recall"], "recall_more": r["recall_more"]}
+        keys = ("kl_ratio", "recall_ratio", "recall_more_ratio", "recall_all_ratio", "recall_all_vs_focused",
+                "retention_fraction", "drift_kl", "bake_seconds", "kl_floor_ratio")
+        report["seeds"] = [{"seed": s, **{k: r[k] for k in keys}, "recall": r["recall"], "recall_more": r["recall_more"],
+                            "recall_all": r["recall_all"]}
                            for s, r in zip(seeds, reports)]
         report["over_seeds"] = {k: {"mean": sum(r[k] or 0 for r in reports) / len(reports),
                                     "min": min(r[k] or 0 for r in reports), "max": max(r[k] or 0 for r in reports)}
@@ -105,6 +110,8 @@ def main():
         "kl_ratio": over.get("kl_ratio", {}).get("mean", report["kl_ratio"]) <= TARGETS["kl_ratio_max"],
         "recall_ratio": over.get("recall_ratio", {}).get("mean", report["recall_ratio"] or 0) >= TARGETS["recall_ratio_min"],
         "bake_seconds": over.get("bake_seconds", {}).get("max", bake_s) <= TARGETS["bake_seconds_max"],
+        "retention": over.get("retention_fraction", {}).get("mean", report["retention_fraction"] or 0)
+        >= TARGETS["retention_min"],
         "speedup": report.get("speedup", 0) >= TARGETS["speedup_min"] if "speedup" in report else None,
     }
     print(json.dumps({"meets": report["meets"]}))
@@ -118,7 +125,8 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] 
     metrics, its trajectories), the last two for the naive loop."""
     from baker import bake
     from baker.baking import TRAJECTORIES_FILE
-    from baker.generate import compare_answers
+    from baker.generate import ask_runs
+    from baker.verify import answer_matches, general_questions
 
     t = time.perf_counter()
     result = bake(model_dir, prompt, out_dir, config)
@@ -127,11 +135,30 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] 
     rss = peak_rss_mib()
 
     questions, extra = questions_of(rows), questions_of(more, "m")
-    runs = {"base": (None, False), "prompted": (prompt, False), "baked": (None, True)}
-    answers = compare_answers(model_dir, [{"id": q["id"], "prompt": q["prompt"]} for q in questions + extra],
-                              runs, adapter_dir=out_dir, max_new_tokens=30)
-    rec = {k: recall(questions, answers, k) for k in runs}
-    rec_more = {k: recall(extra, answers, k) for k in runs} if extra else None
+    asked = questions + extra
+    gq = general_questions()
+    texts = [q["prompt"] for q in asked] + [g["q"] for g in gq]
+    runs = {"base": (None, False, texts), "prompted": (prompt, False, texts[:len(asked)]),
+            "baked": (None, True, texts)}
+    # the focused teacher: each question with its own headline alone as the prompt
+    by_headline = {r["id"]: [q for q in asked if q["id"].split(".")[0] == r["id"]] for r in rows}
+    runs |= {f"focus:{r['id']}": (headlines_prompt([r]), False, [q["prompt"] for q in by_headline[r["id"]]])
+             for r in rows}
+    got, _ = ask_runs(model_dir, runs, adapter_dir=out_dir, max_new_tokens=30)
+    answers = [{"id": q["id"], "prompt": q["prompt"], **{k: got[k][i] for k in ("base", "prompted", "baked")}}
+               for i, q in enumerate(asked)]
+    focused = {q["id"]: a for r in rows for q, a in zip(by_headline[r["id"]], got[f"focus:{r['id']}"])}
+    for a in answers:
+        a["focused"] = focused[a["id"]]
+    keys = ("base", "prompted", "focused", "baked")
+    rec = {k: recall(questions, answers, k) for k in keys}
+    rec_more = {k: recall(extra, answers, k) for k in keys} if extra else None
+    n = len(asked)
+    base_right = [g["id"] for j, g in enumerate(gq) if answer_matches(got["base"][n + j], g["answer"])]
+    baked_right = {g["id"] for j, g in enumerate(gq) if answer_matches(got["baked"][n + j], g["answer"])}
+    retention = {"asked": len(gq), "base_right": len(base_right), "kept": sum(i in baked_right for i in base_right),
+                 "lost": [i for i in base_right if i not in baked_right]}
+    retention["kept_fraction"] = retention["kept"] / len(base_right) if base_right else None
     # Leakage check: the bake never sees the bench's questions, but the questions the model writes
     # about each headline can coincide with them; count the verbatim (case-insensitive) repeats.
     trajs = [json.loads(line) for line in (out_dir / TRAJECTORIES_FILE).read_text().splitlines()]
@@ -150,6 +177,12 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] 
         "bench_questions_among_contexts": leaked,
         "recall_baked_without_those": recall([q for q in questions if q["id"] not in leaked], answers, "baked")
         if len(leaked) < len(questions) else None,
+        "recall_all": (all_ := {k: round(rec[k] * len(questions) + (rec_more[k] * len(extra) if extra else 0))
+                                for k in keys}),
+        "recall_all_of": len(asked),
+        "recall_all_ratio": all_["baked"] / all_["prompted"] if all_["prompted"] else None,
+        "recall_all_vs_focused": all_["baked"] / all_["focused"] if all_["focused"] else None,
+        "retention": retention, "retention_fraction": retention["kept_fraction"],
         "recall_more": rec_more,
         "recall_more_ratio": rec_more["baked"] / rec_more["prompted"] if rec_more and rec_more["prompted"] else None,
         "bake_seconds": bake_s, "phases_s": m["timings"], "compiled": m.get("compiled"),

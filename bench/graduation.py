@@ -37,11 +37,13 @@ SHARED = ROOT.parent / "shared" / "data" / "headlines.jsonl"
 OUT = ROOT / "bench" / "out" / "graduation.json"
 
 
-def bake_group(model: Path, work: Path, memories: list[dict], seed: int, epochs: int | None) -> dict:
-    """One worker bake (a fresh layer on the base), as the runtime runs it: its result.json."""
+def bake_group(model: Path, work: Path, memories: list[dict], seed: int, epochs: int | None,
+               parent: str | None = None, config: dict | None = None) -> dict:
+    """One worker bake, as the runtime runs it (a fresh layer on the base, or on `parent`, then
+    stacked onto it): its result.json."""
     work.mkdir(parents=True, exist_ok=True)
-    config = {"seed": seed} | ({"epochs": epochs} if epochs else {})
-    spec = {"model_dir": str(model), "out_dir": str(work), "parent": None, "config": config,
+    config = (config or {}) | {"seed": seed} | ({"epochs": epochs} if epochs else {})
+    spec = {"model_dir": str(model), "out_dir": str(work), "parent": parent, "config": config,
             "memories": memories, "recheck": [], "forgotten": []}
     (work / "spec.json").write_text(json.dumps(spec))
     with open(work / "worker.log", "w") as log:
