@@ -38,7 +38,9 @@ STATUSES = ("pending", "baked", "forgotten")
 ADAPTER_STATUSES = ("published", "rejected", "rolled_back")
 MAX_TEXT_CHARS = 100_000
 
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
+# The same rule as serving.registry's (tests/test_serving_registry.py checks they agree): a tenant
+# the store accepts can always be served.
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def content_hash(text: str) -> str:
@@ -51,7 +53,8 @@ def content_hash(text: str) -> str:
 def check_tenant(tenant: str) -> str:
     if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
         raise InvalidInput(
-            f"invalid tenant name {tenant!r}: use 1-128 letters, digits, '_', '.', '@' or '-'"
+            f"invalid tenant name {tenant!r}: use 1-63 lowercase letters, digits, '_' or '-', "
+            "starting with a letter or digit"
         )
     return tenant
 

@@ -190,6 +190,24 @@ def test_tenant_names_must_match_whole(name):
         check_tenant_name(name)
 
 
+@pytest.mark.parametrize("name", ["alice", "a", "t0", "team_b-2", "9lives", "a" * 63, "a" * 64, "Alice", "alice\n",
+                                  " alice", "", "-x", "_x", "a.b", "a@b", "a/b", "ålice", "a b"])
+def test_the_store_and_the_registry_accept_the_same_tenant_names(name):
+    """One rule: a tenant that can have memories can be served, and the other way round."""
+    from memory.errors import InvalidInput
+    from memory.store import check_tenant
+    from serving.registry import check_tenant_name
+
+    def ok(check, error):
+        try:
+            check(name)
+            return True
+        except error:
+            return False
+
+    assert ok(check_tenant, InvalidInput) == ok(check_tenant_name, RegistryError)
+
+
 # -- files of the wrong shape, symlinks -----------------------------------------------------
 
 
