@@ -393,7 +393,7 @@ def main():
     }
     if "vllm_vs_peft" in summary:
         checks["vllm >= 5x peft"] = summary["vllm_vs_peft"] >= TARGETS["vllm_vs_peft_min"]
-    _write(res, args, summary, checks)
+    write_results(res, Path(args.out), summary, checks)
 
 
 def run_flood(url: str, gateway, keys: dict, quick: bool, tokens: int) -> dict:
@@ -405,15 +405,15 @@ def run_flood(url: str, gateway, keys: dict, quick: bool, tokens: int) -> dict:
 def finish_flood(res: dict, args) -> None:
     summary = {"flood_quiet_p95_ratio": res["flood"]["max_inflight_8"]["ratio"]}
     checks = {"quiet tenant's p95 under a flood <= 1.5x": summary["flood_quiet_p95_ratio"] <= TARGETS["flood_p95_ratio_max"]}
-    _write(res, args, summary, checks)
+    write_results(res, Path(args.out), summary, checks)
 
 
-def _write(res: dict, args, summary: dict, checks: dict) -> None:
+def write_results(res: dict, out: Path, summary: dict, checks: dict) -> None:
+    """Print the summary and the target checks; write everything as JSON to `out`."""
     import os
 
     res["summary"], res["checks"] = summary, checks
     res["loadavg_end"] = os.getloadavg()  # other jobs on the shared 2 cores skew every figure
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print("\nsummary:")

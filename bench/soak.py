@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -33,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # serving_helpers.make_adapter
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serve import write_results  # noqa: E402
 
 TENANTS = ("t0", "t1", "t2", "t3")
 QUESTIONS = ["What is the capital of France?", "Name a fruit.", "What is 2 + 2?", "Say hello.",
@@ -215,18 +217,9 @@ def main() -> None:
               f"RSS flat (last/first <= {RSS_FLAT_MAX})": summary["rss_ratio_last_vs_first"] <= RSS_FLAT_MAX,
               "no leaked vLLM adapters": summary["leaked_adapters"] == 0,
               "no churn errors": summary["churn_errors"] == 0}
-    res.update({"summary": summary, "checks": checks, "samples": samples, "churn_errors": log["errors"][:20],
-                "failures": {t: s["failures"][:20] for t, s in stats.items()}, "loadavg_end": os.getloadavg()})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print("\nsummary:")
-    for k, v in summary.items():
-        print(f"  {k:<26} {v}")
-    for k, ok in checks.items():
-        print(f"  {'PASS' if ok else 'MISS'}  {k}")
-    print(f"written to {out}")
-
+    res.update({"samples": samples, "churn_errors": log["errors"][:20],
+                "failures": {t: s["failures"][:20] for t, s in stats.items()}})
+    write_results(res, Path(args.out), summary, checks)
 
 if __name__ == "__main__":
     main()
