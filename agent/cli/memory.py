@@ -185,6 +185,7 @@ def episodes(tenant, as_json, home):
 
     Example usage:
 
+    \b
         bakehouse episodes
         bakehouse episodes --tenant alice --json
     """
