@@ -24,7 +24,7 @@ probe can show the weights hold it: the bake is rejected ("no memory graduated")
 instruction stays in the hot tier, which the last answer shows (same version, same hot tokens).
 That is the runtime's rule, not a failure of the example: a memory leaves the prompt only when it
 is verified in the weights (examples/news_feed.py bakes headlines, which have names to ask
-about). `--quick` bakes 2 epochs on fewer contexts, sampled with transformers (as the test does);
+about). `--quick` bakes 2 epochs on fewer contexts, not compiled (as the test does);
 `--hot-only` stops after step 2. No network.
 """
 import argparse
@@ -44,9 +44,9 @@ from baker.models import resolve_model
 TENANT = "assistant"
 QUESTION = "Tell me about the Moon."
 FEEDBACK = "From now on answer in one sentence."
-# --quick: a small bake, sampled and verified with transformers (no second vLLM to start), not compiled
+# --quick: a small bake, not compiled (compiling costs more than it saves on a few steps)
 QUICK_BAKE = {"epochs": 2, "generic_contexts": 8, "self_questions": 2, "anchors": 0, "checkpoints": False,
-              "sampler": "hf", "compile": False}
+              "compile": False}
 
 
 def sentences(text: str) -> int:
