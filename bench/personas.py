@@ -12,10 +12,12 @@ history (greedy, transformers):
 - baked:    the adapter, no system prompt (the chat template's default, as the gateway serves a
             tenant with nothing hot).
 
-Adherence is the share of answers that carry the marker, per band of five turns.
+Adherence is the share of answers that carry the marker (the persona's catch-phrase), per band
+of five turns; the same table is printed for the persona's name.
 
     python bench/personas.py                          # 3 personas x 20 turns (~15-20 min on 2 cores)
     python bench/personas.py --personas 1 --turns 4   # a quick check of the script
+    python bench/personas.py --rescore bench/out/personas.json   # score saved answers again
 
 Prints the table and writes bench/out/personas.json (every answer included).
 """
@@ -47,6 +49,9 @@ PERSONAS = [
      r"\bindeed\b"),
     ("ada", "You are Ada, the ship's cook. You mention soup in every answer.", r"\bsoups?\b"),
 ]
+# the second check: the answer speaks as the persona, by its name (a 135M model keeps a name far
+# more often than a catch-phrase)
+NAMES = {"brann": r"\bbrann\b", "quill": r"\bquill\b", "ada": r"\bada\b"}
 USER_TURNS = [  # the scripted user side, the same for every persona and both conditions
     "Hello! Who are you?",
     "What should I have for breakfast today?",
@@ -104,7 +109,15 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="Epochs per bake (default: BakeConfig's).")
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--rescore", metavar="JSON", default=None,
+                    help="Score the answers of an earlier run's personas.json again (no bake, no model).")
     args = ap.parse_args()
+    if args.rescore:
+        out = json.loads(Path(args.rescore).read_text())
+        for row in out["personas"]:
+            row.setdefault("name_marker", NAMES[row["name"]])
+            score(row)
+        return report(out)
     if not 1 <= args.turns <= len(USER_TURNS) or not 1 <= args.personas <= len(PERSONAS):
         ap.error(f"--turns must be 1..{len(USER_TURNS)} and --personas 1..{len(PERSONAS)}")
 
@@ -131,15 +144,13 @@ def main():
                    "baked": converse(sampler, tok, None, turns, True, args.max_new_tokens)}
         t_talk = time.perf_counter() - t0
         sampler.close()
-        hits = {k: [bool(re.search(marker, a, re.I)) for a in v] for k, v in answers.items()}
-        row = {"name": name, "persona": persona, "marker": marker,
+        row = {"name": name, "persona": persona, "marker": marker, "name_marker": NAMES[name],
                "graduated": {"any": item["passed"], "majority": graduates("majority", item["hits"], item["asked"],
                                                                          item["prompted_hits"])},
                "bake": {k: result["bake"].get(k) for k in ("eval_kl_before", "eval_kl_after", "drift_kl")},
                "seconds": {"bake": t_bake, "conversations": t_talk},
-               "adherence": {k: bands(v) for k, v in hits.items()},
-               "turns": [{"user": u, **{k: {"answer": answers[k][j], "hit": hits[k][j]} for k in answers}}
-                         for j, u in enumerate(turns)]}
+               "turns": [{"user": u, **{k: {"answer": answers[k][j]} for k in answers}} for j, u in enumerate(turns)]}
+        score(row)
         out["personas"].append(row)
         print(f"{name}: bake {t_bake:.0f} s (KL {row['bake']['eval_kl_before']:.3f} -> "
               f"{row['bake']['eval_kl_after']:.3f}; graduates: majority {row['graduated']['majority']}), "
@@ -147,22 +158,37 @@ def main():
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(out, indent=2))
 
-    names = list(bands([False] * args.turns))
-    mean = {k: {b: sum(p["adherence"][k][b] for p in out["personas"]) / len(out["personas"]) for b in names}
-            for k in ("prompted", "baked")}
-    out["mean_adherence"] = mean
     out["seconds"] = time.perf_counter() - t_all
-    OUT.write_text(json.dumps(out, indent=2))
-    print(f"\nadherence (share of answers with the persona's marker) by turns, {args.turns} turns, "
-          f"{len(out['personas'])} persona(s), {out['seconds']:.0f} s in all")
-    print(f"{'persona':<10} {'condition':<9} " + " ".join(f"{b:>6}" for b in names))
-    for p in out["personas"]:
-        for k in ("prompted", "baked"):
-            print(f"{p['name']:<10} {k:<9} " + " ".join(f"{p['adherence'][k][b]:>6.2f}" for b in names))
-    for k in ("prompted", "baked"):
-        print(f"{'mean':<10} {k:<9} " + " ".join(f"{mean[k][b]:>6.2f}" for b in names))
-    print(f"wrote {OUT}")
+    report(out)
 
+
+def score(row: dict) -> None:
+    """Per answer, whether it carries the persona's catch-phrase and its name; adherence per band."""
+    for t in row["turns"]:
+        for k in ("prompted", "baked"):
+            t[k]["hit"] = bool(re.search(row["marker"], t[k]["answer"], re.I))
+            t[k]["named"] = bool(re.search(row["name_marker"], t[k]["answer"], re.I))
+    row["adherence"] = {k: bands([t[k]["hit"] for t in row["turns"]]) for k in ("prompted", "baked")}
+    row["named"] = {k: bands([t[k]["named"] for t in row["turns"]]) for k in ("prompted", "baked")}
+
+
+def report(out: dict) -> None:
+    names = list(out["personas"][0]["adherence"]["prompted"])
+    for what in ("adherence", "named"):
+        out[f"mean_{what}"] = {k: {b: sum(p[what][k][b] for p in out["personas"]) / len(out["personas"]) for b in names}
+                               for k in ("prompted", "baked")}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(out, indent=2))
+    for what, label in (("adherence", "the persona's catch-phrase"), ("named", "the persona's name")):
+        print(f"\nshare of answers with {label}, by turns ({out['turns']} turns, {len(out['personas'])} "
+              f"persona(s), {out['seconds']:.0f} s in all)")
+        print(f"{'persona':<10} {'condition':<9} " + " ".join(f"{b:>6}" for b in names))
+        for p in out["personas"]:
+            for k in ("prompted", "baked"):
+                print(f"{p['name']:<10} {k:<9} " + " ".join(f"{p[what][k][b]:>6.2f}" for b in names))
+        for k in ("prompted", "baked"):
+            print(f"{'mean':<10} {k:<9} " + " ".join(f"{out['mean_' + what][k][b]:>6.2f}" for b in names))
+    print(f"wrote {OUT}")
 
 if __name__ == "__main__":
     main()
