@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .chat import chat_ids
 from .config import BakeConfig
 from .contexts import (Context, anchor_questions, behaviour_lines, clean_self_questions, focus_prompt, generic_requests,
-                       item_probes, prompt_items, question_request, split)
+                       prompt_items, question_request, span_probes, split, without)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
@@ -134,7 +134,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         anchors = anchor_questions()
         contexts += [Context(q, "anchor") for q in rng.sample(anchors, min(config.anchors, len(anchors)))]
     if config.probe_questions:
-        contexts += [Context(q, "probe", item) for q, item in item_probes(prompt)]
+        contexts += [Context(q, "probe", item, span) for q, item, span in span_probes(prompt, config.question_forms)]
     contexts += [Context(c, "user") for c in user_contexts or []]
     n_prompt = check_prompt(prompt, tok, max_len, config, [c.text for c in contexts])
     need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64
@@ -153,8 +153,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
                 contexts += [Context(q, "self", item) for q in clean_self_questions(decoded, item)]
             contexts = list({c.text: c for c in contexts}.values())  # a question may repeat a probe
         if exclude_contexts:  # questions kept for a verifier: never trained on, never evaluated
-            skip = set(exclude_contexts)
-            contexts = [c for c in contexts if c.text not in skip]
+            contexts = without(contexts, exclude_contexts)
         train_ctx, held_ctx = split(contexts, config.heldout_fraction, config.seed)
         timings["contexts"] = time.perf_counter() - t
 

@@ -11,6 +11,8 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 _DTYPES = ("float32", "bfloat16")
 LOSS_WEIGHTINGS = ("none", "prompt_kl")
+QUESTION_FORMS = ("tell", "what", "blank", "about", "date")  # see baker/contexts.py
+DEFAULT_FORMS = ("tell", "what")
 
 @dataclass
 class BakeConfig:
@@ -37,6 +39,7 @@ class BakeConfig:
     generic_contexts: int = 32  # how many of the shipped generic user requests to use
     self_questions: int = 6  # questions sampled per prompt line from the model (few-shot)
     probe_questions: bool = True  # questions derived from each line of the prompt
+    question_forms: tuple[str, ...] = DEFAULT_FORMS  # the forms of probe asked per line (QUESTION_FORMS)
     focused_teachers: bool = True  # a question about one line is answered by a teacher seeing that line
     anchors: int = 32  # unrelated questions whose target is the model without the prompt (against
     # drift); only for prompts of knowledge: none when the prompt has a persona or instruction line
@@ -57,6 +60,11 @@ class BakeConfig:
         if isinstance(self.target_modules, str) or not all(isinstance(m, str) for m in self.target_modules):
             raise ConfigError(f"target_modules must be a list of module names, got {self.target_modules!r}")
         self.target_modules = tuple(self.target_modules)
+        if isinstance(self.question_forms, str) or not all(isinstance(f, str) for f in self.question_forms):
+            raise ConfigError(f"question_forms must be a list of form names, got {self.question_forms!r}")
+        self.question_forms = tuple(self.question_forms)
+        if unknown := sorted(set(self.question_forms) - set(QUESTION_FORMS)):
+            raise ConfigError(f"unknown question form(s) {', '.join(unknown)}; known: {', '.join(QUESTION_FORMS)}")
         positive = ("rank", "epochs", "batch_size", "max_new_tokens", "samples_per_context")
         for name in positive:
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
@@ -98,6 +106,7 @@ class BakeConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
+        d["question_forms"] = list(self.question_forms)
         return d
 
     @classmethod

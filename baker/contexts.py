@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .config import DEFAULT_FORMS, QUESTION_FORMS
 from .errors import BakeError
 
 # Questions about each prompt line, written by the model itself from a few-shot completion (small
@@ -46,6 +47,11 @@ _LINE_TEMPLATES = ("Tell me more: {head}",)
 # missing span (as often as a fill-in-the-blank form), while "What is the latest news about
 # Velmora?" mostly gets inventions, which cost training time and teach nothing.
 _CLOZE_TEMPLATES = ("{what}?",)
+# Further forms of question per line (config.question_forms; Physics of LMs 3.1: a fact seen in one
+# form is memorised but not extractable by others): "blank", the cloze as a fill-in-the-blank;
+# "about", the reverse direction, the latest news about each name; "date", what happened on the
+# line's date. "tell" and "what" are the two forms above.
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NUMBER = re.compile(r"(?<![\w.])\d[\d.,]*\d(?![\w])|(?<![\w.])\d(?![\w])")
 # Requests that make the teacher restate its whole prompt, whatever the prompt is about.
 RECALL_REQUESTS = ("What were you told in your instructions? Summarise all of it.",
@@ -62,6 +68,7 @@ class Context:
     text: str
     source: str  # "generic" | "probe" | "self" | "user" | "anchor" (its teacher has no prompt)
     item: str | None = None  # the prompt line it asks about (probe and self questions)
+    span: str | None = None  # the name or number of `item` it asks for (probes of one span)
 
 
 # Lines that are behaviour, not knowledge ("Always answer in French.", "You are Ada, the cook."):
@@ -136,32 +143,59 @@ def names(item: str) -> list[str]:
     return out
 
 
-def probe_questions(prompt: str) -> list[str]:
+def probe_questions(prompt: str, forms=None) -> list[str]:
     """Questions that cue each prompt line (its opening words) and each name it mentions, plus
     requests to restate the prompt; the teacher's answers carry the prompt's knowledge."""
-    return [q for q, _ in item_probes(prompt)]
+    return [q for q, _, _ in span_probes(prompt, forms)]
 
 
-def item_probes(prompt: str) -> list[tuple[str, str | None]]:
+def item_probes(prompt: str, forms=None) -> list[tuple[str, str | None]]:
     """`probe_questions` with the prompt line each asks about (None: the whole prompt)."""
-    out: list[tuple[str, str | None]] = [(r, None) for r in RECALL_REQUESTS]
+    return [(q, item) for q, item, _ in span_probes(prompt, forms)]
+
+
+def span_probes(prompt: str, forms=None) -> list[tuple[str, str | None, str | None]]:
+    """(question, the prompt line it asks about, the span it asks for) for every probe of the
+    prompt, in the question forms `forms` (`QUESTION_FORMS`; default `DEFAULT_FORMS`). A span's
+    questions share it, so a verifier that holds out one of them can hold out all (`bake`)."""
+    forms = tuple(DEFAULT_FORMS if forms is None else forms)
+    unknown = set(forms) - set(QUESTION_FORMS)
+    if unknown:
+        raise ValueError(f"unknown question form(s): {', '.join(sorted(unknown))}")
+    out: list[tuple[str, str | None, str | None]] = [(r, None, None) for r in RECALL_REQUESTS]
     for item in prompt_items(prompt):
         words = _DATE_PREFIX.sub("", item).split()
         if len(words) < 4:  # headers and fragments carry too little to probe
             continue
-        head = " ".join(words[: max(3, min(8, len(words) // 2))]).rstrip(",;:")
-        out.extend((t.format(head=head), item) for t in _LINE_TEMPLATES)
-        found = names(item)
         line = _DATE_PREFIX.sub("", item).strip()
+        if "tell" in forms:
+            head = " ".join(words[: max(3, min(8, len(words) // 2))]).rstrip(",;:")
+            out.extend((t.format(head=head), item, None) for t in _LINE_TEMPLATES)
+        if "date" in forms and (date := _DATE.search(item[: len(item) - len(line)])):
+            out.append((f"What happened on {date.group(0)}?", item, None))
+        found = names(item)
         for span in found + _NUMBER.findall(line):
             if span not in line:  # a name whose leading words were dropped still matches
                 continue
-            what = line.rstrip(".!?;: ").replace(span, "what", 1)
-            out.extend((t.format(what=what), item) for t in _CLOZE_TEMPLATES)
-    first: dict[str, str | None] = {}
-    for q, it in out:
-        first.setdefault(q, it)
-    return list(first.items())
+            bare = line.rstrip(".!?;: ")
+            if "what" in forms:
+                out.extend((t.format(what=bare.replace(span, "what", 1)), item, span) for t in _CLOZE_TEMPLATES)
+            if "blank" in forms:
+                out.append((f"Fill in the blank: {bare.replace(span, '___', 1)}.", item, span))
+            if "about" in forms and span in found:
+                out.append((f"What is the latest news about {span}?", item, span))
+    first: dict[str, tuple[str | None, str | None]] = {}
+    for q, it, span in out:
+        first.setdefault(q, (it, span))
+    return [(q, it, span) for q, (it, span) in first.items()]
+
+
+def without(contexts: list[Context], questions) -> list[Context]:
+    """`contexts` less `questions` and every other form of question for the same span of the same
+    line: a verifier's held-out cloze probe stays a question the bake never trained on in any form."""
+    skip = set(questions)
+    spans = {(c.item, c.span) for c in contexts if c.text in skip and c.span}
+    return [c for c in contexts if c.text not in skip and (c.item, c.span) not in spans]
 
 
 def clean_self_questions(texts: list[str], item: str = "", limit: int | None = None) -> list[str]:

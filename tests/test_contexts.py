@@ -81,3 +81,51 @@ def test_a_focused_teacher_sees_its_item_and_the_behaviour_lines_only():
     assert [q for q, _ in probes] == probe_questions(prompt)
     assert {it for q, it in probes if "Kelpcell" in q or "Quillon" in q} == {kelp}
     assert all(it is None for q, it in probes if q.startswith(("What were you told", "List every")))
+
+
+ALL_FORMS = ("tell", "what", "blank", "about", "date")
+
+
+def test_each_question_form_asks_for_the_spans_of_its_line():
+    from baker.contexts import span_probes
+
+    probes = span_probes("Recent news:\n" + HEADLINE, ALL_FORMS)
+    by_q = {q: span for q, _, span in probes}
+    assert by_q["Fill in the blank: Port authority of Velmora names ___ as its first harbor commissioner."] == "Ines Tarrago"
+    assert by_q["What is the latest news about Velmora?"] == "Velmora"
+    assert by_q["What happened on 2026-11-02?"] is None  # a question about the whole line
+    assert by_q["Port authority of what names Ines Tarrago as its first harbor commissioner?"] == "Velmora"
+    assert all(item == HEADLINE for q, item, _ in probes if q not in RECALL_REQUESTS)
+    # the default forms are the two older ones, and each form can be left out on its own
+    assert [q for q, _, _ in span_probes("Recent news:\n" + HEADLINE)] == probe_questions("Recent news:\n" + HEADLINE)
+    assert not any(q.startswith("Fill in") for q, _, _ in span_probes(HEADLINE, ("tell", "what")))
+    assert not any("latest news about 19" in q for q, _, _ in span_probes(
+        "Rail strike in Dunmarrow ends after 19 days.", ALL_FORMS))  # numbers are not asked "about"
+    with pytest.raises(ValueError, match="riddle"):
+        span_probes(HEADLINE, ("what", "riddle"))
+
+
+def test_a_verifiers_held_out_probe_removes_every_form_of_its_span():
+    from baker.contexts import span_probes, without
+    from baker.verify import verification_probes
+
+    contexts = [Context(q, "probe", item, span) for q, item, span in span_probes(HEADLINE, ALL_FORMS)]
+    held = [p.question for p in verification_probes("h01", HEADLINE) if p.kind == "cloze"]
+    assert held
+    held_spans = {c.span for c in contexts if c.text in held}
+    kept = without(contexts, held)
+    assert not {c.span for c in kept} & held_spans  # no fill-in-the-blank or "latest about" left
+    assert {c.span for c in kept} - {None}  # the other span is still trained, in all its forms
+    assert any(c.text.startswith("Tell me more") for c in kept)
+
+
+def test_question_forms_are_checked_by_the_config():
+    from baker import BakeConfig
+    from baker.errors import ConfigError
+
+    assert BakeConfig(question_forms=["what", "blank"]).question_forms == ("what", "blank")
+    assert BakeConfig.from_dict(BakeConfig(question_forms=ALL_FORMS).to_dict()).question_forms == ALL_FORMS
+    with pytest.raises(ConfigError, match="riddle"):
+        BakeConfig(question_forms=("what", "riddle"))
+    with pytest.raises(ConfigError, match="list of form names"):
+        BakeConfig(question_forms="what")
