@@ -177,7 +177,7 @@ class Gateway:
                 "epoch": self.engine.epoch,
                 "restarts": self.engine.restarts,
                 "last_error": self.engine.last_error,
-                "lora_ops": getattr(self.engine, "lora_ops", lambda: {"state": "n/a"})(),
+                "lora_ops": self.engine.lora_ops(),
             },
             "routes": dict(sorted(self.routes.items())),
             "load_errors": dict(self.load_errors),
@@ -238,7 +238,7 @@ class Gateway:
         self.unrouted = {t for t, v in self._desired.items() if v is not None}
         await self.reconcile(fresh_engine=True)
         self._synced_epoch = self.engine.epoch
-        ops = getattr(self.engine, "lora_ops", lambda: {"state": "n/a"})()
+        ops = self.engine.lora_ops()
         if ops["state"] in ("fallback", "unknown"):
             log.warning("the engine does not run the grouped CPU LoRA ops (%s): LoRA requests are ~3x slower; %s",
                         ops["state"], "; ".join(ops.get("missing", [])) or "no report from its processes")

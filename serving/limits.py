@@ -83,13 +83,6 @@ class TenantMeter:
         self.waiting: dict[str, collections.deque] = collections.defaultdict(collections.deque)  # futures
         self.spent: dict[str, collections.deque] = collections.defaultdict(collections.deque)  # (t, tokens)
 
-    def admit(self, tenant: str) -> None:
-        """Count a request in now, or raise RateLimited (no waiting)."""
-        self._check_rate(tenant)
-        if self.inflight[tenant] >= self.limits.max_inflight or self.waiting[tenant]:
-            raise RateLimited(f"too many concurrent requests for this tenant (at most {self.limits.max_inflight})")
-        self.inflight[tenant] += 1
-
     async def acquire(self, tenant: str) -> None:
         """Count a request in, waiting in line for a slot if the tenant has `max_inflight` running;
         RateLimited past `max_queued` waiting or past the token rate."""

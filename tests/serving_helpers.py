@@ -1,7 +1,8 @@
 """Helpers shared by the serving tests: small PEFT LoRA adapters on a base model, waiting for a
-gateway to be ready."""
+gateway to be ready, an engine without a process."""
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -55,3 +56,29 @@ def wait_ready(url: str, timeout: float) -> float:
             pass
         time.sleep(0.25)
     raise TimeoutError(f"gateway not ready after {timeout:.0f} s")
+
+
+class FakeEngine:
+    """The Engine interface the gateway uses, without a process."""
+
+    url, port, pid, restarts, last_error = "http://vllm.test", 1, 4242, 0, None
+
+    def __init__(self):
+        self.state, self.epoch, self.want_up = "stopped", 0, True
+
+    async def supervise(self, client, on_up):
+        while True:
+            if self.want_up and self.state != "up":
+                self.epoch += 1
+                self.state = "up"
+                await on_up()
+            await asyncio.sleep(0.02)
+
+    def alive(self):
+        return self.state == "up"
+
+    def stop(self):
+        self.state = "stopped"
+
+    def lora_ops(self):
+        return {"state": "n/a"}

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
+from serving_helpers import FakeEngine
 
 from agent.cli import cli
 from agent.runtime import RuntimeConfig
@@ -34,27 +35,6 @@ from serving.tenants import TenantStore
 
 
 # -- the gateway's queue -------------------------------------------------------------------------
-
-class FakeEngine:
-    url, port, pid, restarts, last_error = "http://vllm.test", 1, 4242, 0, None
-
-    def __init__(self):
-        self.state, self.epoch = "stopped", 0
-
-    async def supervise(self, client, on_up):
-        import asyncio
-
-        self.epoch, self.state = 1, "up"
-        await on_up()
-        while True:
-            await asyncio.sleep(1)
-
-    def alive(self):
-        return self.state == "up"
-
-    def stop(self):
-        self.state = "stopped"
-
 
 def fake_vllm(bodies: list) -> FastAPI:
     """Answers "echo: <last user message>", as one body or as an SSE stream of words."""
@@ -94,7 +74,7 @@ def gw(home, tiny_model_dir):
         yield client, gateway, keys, bodies
 
 
-def _wait(cond, timeout=3.0):
+def _wait(cond, timeout=10.0):
     t0 = time.monotonic()
     while not cond():
         if time.monotonic() - t0 > timeout:

@@ -13,7 +13,6 @@ asks a real vLLM through the `served` gateway and checks the prompt tokens it co
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -23,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
-from serving_helpers import make_adapter
+from serving_helpers import FakeEngine, make_adapter
 
 from agent.cli import cli
 from agent.runtime import RuntimeConfig
@@ -55,25 +54,6 @@ TENANTS = tuple(PERSONAS)
 def leaked(text: str, tenant: str) -> list[str]:
     """Other tenants' secret words found in `text` (whole words)."""
     return [w for other in TENANTS if other != tenant for w in SECRETS[other] if re.search(rf"\b{w}\b", text)]
-
-
-class FakeEngine:
-    url, port, pid, restarts, last_error = "http://vllm.test", 1, 4242, 0, None
-
-    def __init__(self):
-        self.state, self.epoch = "stopped", 0
-
-    async def supervise(self, client, on_up):
-        self.epoch, self.state = 1, "up"
-        await on_up()
-        while True:
-            await asyncio.sleep(1)
-
-    def alive(self):
-        return self.state == "up"
-
-    def stop(self):
-        self.state = "stopped"
 
 
 def fake_vllm(bodies: list) -> FastAPI:

@@ -13,7 +13,7 @@ import time
 
 import psutil
 import pytest
-from serving_helpers import make_adapter
+from serving_helpers import FakeEngine, make_adapter
 
 from agent.runtime import RuntimeConfig
 from agent.runtime.hot import held
@@ -360,7 +360,7 @@ def status_site(learner, tiny_model_dir, tmp_path):
     operator key, after one published and one rejected bake."""
     import httpx
     from fastapi.testclient import TestClient
-    from test_serving_gateway import FakeEngine, FakeVLLM
+    from test_serving_gateway import FakeVLLM
 
     from agent.runtime.page import ensure_admin_key, router
     from serving.config import ServeConfig

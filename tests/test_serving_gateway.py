@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
-from serving_helpers import make_adapter
+from serving_helpers import FakeEngine, make_adapter
 
 from serving.config import ServeConfig
 from serving.gateway import Gateway, create_app, read_status
@@ -71,29 +71,6 @@ class FakeVLLM:
         app.add_api_route("/v1/chat/completions", generate, methods=["POST"])
         app.add_api_route("/v1/completions", generate, methods=["POST"])
         return app
-
-
-class FakeEngine:
-    """The Engine interface the gateway uses, without a process."""
-
-    url, port, pid, restarts, last_error = "http://vllm.test", 1, 4242, 0, None
-
-    def __init__(self):
-        self.state, self.epoch, self.want_up = "stopped", 0, True
-
-    async def supervise(self, client, on_up):
-        while True:
-            if self.want_up and self.state != "up":
-                self.epoch += 1
-                self.state = "up"
-                await on_up()
-            await asyncio.sleep(0.02)
-
-    def alive(self):
-        return self.state == "up"
-
-    def stop(self):
-        self.state = "stopped"
 
 
 @pytest.fixture(scope="module")
@@ -476,14 +453,15 @@ def test_a_tenant_past_its_token_rate_gets_429_with_retry_after(gw, limits):
 def test_the_token_window_slides():
     now = [0.0]
     meter = TenantMeter(Limits(tokens_per_minute=100), clock=lambda: now[0])
-    meter.admit("a")
+    admit = lambda tenant: asyncio.run(meter.acquire(tenant))  # noqa: E731
+    admit("a")
     meter.done("a", {"total_tokens": 120})
     now[0] = 30.0
     with pytest.raises(Exception, match="120 of 100") as e:
-        meter.admit("a")
+        admit("a")
     assert e.value.retry_after == 30
     now[0] = 60.5
-    meter.admit("a")  # the minute has passed
+    admit("a")  # the minute has passed
     assert meter.inflight["a"] == 1
 
 
