@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Hashable, Iterable
 
-from .contexts import _CLOZE_TEMPLATES, _DATE_PREFIX, _NUMBER, BEHAVIOUR, names, prompt_items
+from .contexts import _CLOZE_TEMPLATES, _DATE_PREFIX, _NUMBER, BEHAVIOUR, behaviour_lines, names, prompt_items
 from .generate import ask_runs, check_adapter
 
 COMPLETE_TEMPLATE = "Complete this sentence: {prefix}"
@@ -66,9 +66,10 @@ class ItemResult:
     hits: int          # probes the baked model (adapter, no prompt) answered
     asked: int
     answers: list[dict] = field(default_factory=list)
-    verifiable: bool = True  # False: the memory has no span to ask about (e.g. an instruction)
+    verifiable: bool = True  # False: no span to ask about and no behaviour line to check
     base_hits: int = 0       # the same probes answered by the base model without the adapter
     prompted_hits: int | None = None  # ... by the base model with `prompt` as its system prompt
+    behaviour: dict | None = None  # persona / instruction lines: `baker.behaviour.BehaviourResult`
 
 
 @dataclass
@@ -263,14 +264,17 @@ def graduates(rule: str, hits: int, asked: int, prompted_hits: int | None = None
 def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list[Probe] | None = None,
            forgotten: Iterable[tuple[Any, str]] = (), general: bool = True, prompt: str | None = None,
            sampler: str = "auto", max_new_tokens: int = 32, rule: str = "any",
-           max_probes: int = 4) -> VerifyReport:
+           max_probes: int = 4, behaviour: bool = True) -> VerifyReport:
     """Check per memory that the model with `adapter_dir` (no prompt) knows it, and per forgotten
     memory that it no longer does; with `general`, how many general questions the base answers
     right and the adapter still does. `probes` (e.g. kept from before the bake, whose cloze
     questions were excluded from training) replace the computed ones for the items they name;
     the others get `verification_probes(id, text, max_probes)`. With `prompt`, the base model with
     it as system prompt answers the items' probes too, as a reference (prompted_hits).
-    An item passes when `graduates(rule, ...)` holds for its probes (see RULES).
+    An item passes when `graduates(rule, ...)` holds for its probes (see RULES). With `behaviour`,
+    an item with persona or instruction lines must also pass `baker.behaviour.check_behaviours`
+    (the adapter carries the lines' effect on unrelated requests); one with no probe at all (an
+    instruction) is verifiable by that check alone.
     `adapter_dir=None` checks the base model itself (baked answers = base answers).
     All answers are greedy, from one engine. On vLLM's CPU build the adapter run is the slow part
     (~5x the base run: its punica ops gather LoRA weights per token); 20 headlines + the general
@@ -316,16 +320,23 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
             out.append(row)
         return out
 
+    acts = {}
+    if behaviour and (kinds := [(i, t) for i, t in items if behaviour_lines(t)]):
+        from .behaviour import check_behaviours
+
+        acts = check_behaviours(model_dir, adapter_dir, kinds, max_new_tokens=max_new_tokens)
     results, offset = [], 0
     for (item_id, _), ps in zip(items, item_probes):
         r = rows(ps, offset, bool(prompt))
         offset += len(ps)
         hits = sum(x["hit"] for x in r)
         prompted = sum(x["prompted_hit"] for x in r) if prompt else None
+        act = acts.get(item_id)
+        passed = (graduates(rule, hits, len(ps), prompted) if ps else act is not None) and (act is None or act.passed)
         results.append(ItemResult(
-            item_id, passed=bool(ps) and graduates(rule, hits, len(ps), prompted), hits=hits,
-            asked=len(ps), answers=r, verifiable=bool(ps), base_hits=sum(x["base_hit"] for x in r),
-            prompted_hits=prompted))
+            item_id, passed=passed, hits=hits, asked=len(ps), answers=r, verifiable=bool(ps) or act is not None,
+            base_hits=sum(x["base_hit"] for x in r), prompted_hits=prompted,
+            behaviour=act.to_dict() if act else None))
     gone = []
     for (item_id, _), ps in zip(forgotten, gone_probes):
         r = rows(ps, offset, False)

@@ -109,7 +109,9 @@ def test_report_shape_on_the_tiny_model(tiny_model_dir, tiny_adapter):
     assert h.passed == (h.hits >= 1) and h.prompted_hits is not None
     assert set(h.answers[0]) >= {"question", "expected", "baked", "hit", "base", "base_hit", "prompted"}
     assert h.hits == sum(a["hit"] for a in h.answers)
-    assert not i.verifiable and not i.passed and i.asked == 0
+    # an instruction has no span to ask about: the behaviour check alone decides
+    assert i.asked == 0 and i.verifiable and i.behaviour is not None and i.passed == i.behaviour["passed"]
+    assert h.behaviour is None  # a headline is knowledge only
     (f,) = rep.forgotten
     assert f.item_id == "s" and f.asked == 4 and f.recalled == (f.hits > 0)
     g = rep.general
@@ -165,3 +167,25 @@ def test_verify_refuses_an_unknown_rule(tiny_model_dir):
             Probe("h01", "Name the harbor commissioner.", ("zzzz",))]
     with pytest.raises(ValueError, match="unknown graduation rule"):
         verify(tiny_model_dir, None, [("h01", HEADLINE)], probes=mine, general=False, sampler="hf", rule="most")
+
+
+def test_a_zero_adapter_holds_no_behaviour_and_the_threshold_decides(tiny_model_dir, tmp_path):
+    """Negative control: an adapter with B = 0 is the base, so it carries none of the
+    instruction's effect (kl_baked = kl_base > 0) and fails; at max_ratio 1 the same figures pass."""
+    from peft import LoraConfig, get_peft_model
+
+    from baker.behaviour import check_behaviours
+    from baker.models import load_model
+
+    model, _ = load_model(tiny_model_dir)
+    zero = tmp_path / "zero"
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).save_pretrained(zero)
+    items = [("i1", "Always answer in French."), ("p1", "You are Captain Brine, a pirate.")]
+    got = check_behaviours(tiny_model_dir, zero, items, requests=4, max_new_tokens=6)
+    for item_id, _ in items:
+        r = got[item_id]
+        assert r.requests == 4 and r.kl_base > 0 and r.kl_baked == pytest.approx(r.kl_base, rel=1e-3)
+        assert not r.passed and r.to_dict()["ratio"] == pytest.approx(1.0, rel=1e-3)
+    loose = check_behaviours(tiny_model_dir, zero, items[:1], requests=4, max_new_tokens=6, max_ratio=1.01)
+    assert loose["i1"].passed
+    assert not check_behaviours(tiny_model_dir, None, items[:1], requests=4, max_new_tokens=6)["i1"].passed
