@@ -111,14 +111,11 @@ def main() -> dict:
             print("\nwaiting for the idle bake (bake a layer -> verify the instruction -> publish) ...")
             t_bake = time.monotonic()
             st = s.wait_for_bakes(TENANT, timeout=3600)
-            t = st["tenants"][TENANT]
-            job = t["last_bake"]
-            print(f"  [{time.monotonic() - t_bake:.0f} s] job {job['job']} {job['state']}: {job['graduated']} of "
-                  f"{job['tried']} graduated" + (f" ({job['reason']})" if job["state"] != "done" else "")
-                  + f"; serving {t['version']}")
+            job = st["tenants"][TENANT]["last_bake"]
+            print(f"  [{time.monotonic() - t_bake:.0f} s] {s.bake_outcome(TENANT, st)}")
             time.sleep(1.0)
             rows.append(turn(chat, [], QUESTION, "after the bake"))
-            result["job"], result["version"] = job, t["version"]
+            result["job"], result["version"] = job, st["tenants"][TENANT]["version"]
     finally:
         s.stop()
     print("\nprompt tokens for the same question: "

@@ -100,11 +100,8 @@ def main() -> dict:
         print("\nwaiting for the idle bake (bake a layer -> verify each headline without the prompt -> publish) ...")
         t_bake = time.monotonic()
         st = s.wait_for_bakes(TENANT, timeout=3600)
-        t = st["tenants"][TENANT]
-        job = t["last_bake"]
-        print(f"  [{time.monotonic() - t_bake:.0f} s] job {job['job']} {job['state']}: {job['graduated']} of "
-              f"{job['tried']} graduated" + (f" ({job['reason']})" if job["state"] != "done" else "")
-              + f"; serving {t['version']}")
+        job = st["tenants"][TENANT]["last_bake"]
+        print(f"  [{time.monotonic() - t_bake:.0f} s] {s.bake_outcome(TENANT, st)}")
         time.sleep(1.0)
         baked = ask_all(s, "after the bake (graduated headlines are answered from the weights)")
     finally:
@@ -113,7 +110,7 @@ def main() -> dict:
         graduated = [m.text for m in store.memories(TENANT) if m.status == "baked"]
     print(f"\ngraduated into the weights: {graduated or 'none (they stay in the hot tier)'}")
     print(f"prompt tokens per question: {hot[0]['prompt_tokens']} from the hot tier, {baked[0]['prompt_tokens']} after")
-    result = {"hot": hot, "baked": baked, "graduated": graduated, "job": job, "version": t["version"],
+    result = {"hot": hot, "baked": baked, "graduated": graduated, "job": job, "version": st["tenants"][TENANT]["version"],
               "bake_seconds": time.monotonic() - t_bake}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

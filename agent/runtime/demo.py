@@ -63,11 +63,7 @@ def run_demo(home: Path, model_dir: Path, echo: Callable[[str], None] = print, e
 
         st = s.wait_for_bakes(TENANT, timeout, progress)
         timings["bake_to_served"] = time.monotonic() - t_bake
-        t = st["tenants"][TENANT]
-        lb = t["last_bake"]
-        echo(f"  [{timings['bake_to_served']:5.0f} s] job {lb['job']} {lb['state']}: {lb['graduated']} of "
-             f"{lb['tried']} graduated" + (f" ({lb['reason']})" if lb["state"] != "done" else "")
-             + f"; serving {t['version']}")
+        echo(f"  [{timings['bake_to_served']:5.0f} s] {s.bake_outcome(TENANT, st)}")
         time.sleep(1.0)
         echo("asking again:")
         after = _ask(s, demo, echo)

@@ -81,6 +81,13 @@ class RunSession:
             time.sleep(2)
         raise TimeoutError(f"the bake of {tenant} did not finish in {timeout:.0f} s")
 
+    def bake_outcome(self, tenant: str, status: dict | None = None) -> str:
+        """One line on the tenant's last bake: "job 3 done: 2 of 4 graduated; serving alice@v1"."""
+        t = (status or self.status())["tenants"][tenant]
+        job = t["last_bake"]
+        return (f"job {job['job']} {job['state']}: {job['graduated']} of {job['tried']} graduated"
+                + (f" ({job['reason']})" if job["state"] != "done" else "") + f"; serving {t['version']}")
+
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
