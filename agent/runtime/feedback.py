@@ -18,7 +18,7 @@ import logging
 import re
 from pathlib import Path
 
-from memory import Memory, MemoryStore, content_hash
+from memory import Memory, MemoryStore, UnknownTenant, content_hash
 from serving.feedback import read_feedback
 
 from .episodes import Complete, transcript
@@ -129,9 +129,10 @@ def add_instruction(store: MemoryStore, tenant: str, rule: str, meta: dict | Non
 
 
 def _instructions(store: MemoryStore, tenant: str) -> list[Memory]:
-    if tenant not in store.tenants():
+    try:
+        return store.memories(tenant, kind="instruction", valid_only=True)
+    except UnknownTenant:  # its first memory creates the tenant
         return []
-    return store.memories(tenant, kind="instruction", valid_only=True)
 
 
 def propose_messages(conversation: str, comment: str) -> list[dict]:
