@@ -19,12 +19,12 @@ What the 135M model does: with the instruction in its prompt its answer gets sho
 always to one sentence (three sentences before, two after, when this was written). The prompt
 tokens may even fall: a hot prompt replaces the chat template's default system prompt.
 
-The verifier asks about a memory's names and numbers; "Answer in one sentence." has none, so no
-probe can show the weights hold it: the bake is rejected ("no memory graduated") and the
-instruction stays in the hot tier, which the last answer shows (same version, same hot tokens).
-That is the runtime's rule, not a failure of the example: a memory leaves the prompt only when it
-is verified in the weights (examples/news_feed.py bakes headlines, which have names to ask
-about). `--quick` bakes 2 epochs on fewer contexts, not compiled (as the test does);
+"Answer in one sentence." has no name or number to ask about, so the verifier checks its effect
+instead (`baker.behaviour`): on unrelated questions the weights must carry at least half of what
+the instruction changes in the prompted model. If they do not, the bake is rejected ("no memory
+graduated") and the instruction stays in the hot tier, which the last answer shows (same
+version, same hot tokens). That is the runtime's rule, not a failure of the example: a memory
+leaves the prompt only when it is verified in the weights. `--quick` bakes 2 epochs on fewer contexts, not compiled (as the test does);
 `--hot-only` stops after step 2. No network.
 """
 import argparse
