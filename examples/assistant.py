@@ -24,8 +24,8 @@ instead (`baker.behaviour`): on unrelated questions the weights must carry at le
 the instruction changes in the prompted model. If they do not, the bake is rejected ("no memory
 graduated") and the instruction stays in the hot tier, which the last answer shows (same
 version, same hot tokens). That is the runtime's rule, not a failure of the example: a memory
-leaves the prompt only when it is verified in the weights. `--quick` bakes 2 epochs on fewer contexts, not compiled (as the test does);
-`--hot-only` stops after step 2. No network.
+leaves the prompt only when it is verified in the weights. `--quick` bakes 2 epochs on fewer
+contexts, not compiled (as the test does); `--hot-only` stops after step 2. No network.
 """
 import argparse
 import json
