@@ -263,3 +263,22 @@ def test_prompt_kl_weighting_bakes_and_weights_where_the_prompt_matters(tiny_mod
     cfg = FAST.replace(epochs=1, loss_weighting="prompt_kl")
     m = bake(tiny_model_dir, PROMPT, tmp_path / "w", cfg, progress=False).metrics
     assert m["config"]["loss_weighting"] == "prompt_kl" and m["eval_kl_after"] < m["eval_kl_before"]
+
+
+def test_a_verifiers_held_out_span_is_trained_in_no_form(tiny_model_dir, tmp_path):
+    from baker.verify import verification_probes
+
+    cfg = FAST.replace(epochs=1, generic_contexts=2, self_questions=0, checkpoints=False,
+                       question_forms=("tell", "what", "blank", "about", "date"))
+    probes = [p for p in verification_probes(0, NEWS) if p.kind == "cloze"]
+    held = [p.question for p in probes]
+    result = bake(tiny_model_dir, NEWS, tmp_path / "a", cfg, progress=False, exclude_contexts=held)
+    asked = {json.loads(line)["context"] for line in (result.adapter_dir / "trajectories.jsonl").read_text().splitlines()}
+    assert held and not set(held) & asked
+    blanks = [q for q in asked if q.startswith("Fill in the blank")]
+    abouts = [q for q in asked if q.startswith("What is the latest news about")]
+    assert blanks and abouts and any(q.startswith("What happened on") for q in asked)  # the other forms train
+    for p in probes:  # no other form asks for the held-out span
+        line = p.question.rstrip("?")
+        assert not any(b.rstrip(".") == "Fill in the blank: " + line.replace("what", "___", 1) for b in blanks)
+        assert f"What is the latest news about {p.expected[0]}?" not in abouts
