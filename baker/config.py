@@ -12,7 +12,7 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 _DTYPES = ("float32", "bfloat16")
 LOSS_WEIGHTINGS = ("none", "prompt_kl")
 QUESTION_FORMS = ("tell", "what", "blank", "about", "date")  # see baker/contexts.py
-DEFAULT_FORMS = ("tell", "what")
+DEFAULT_FORMS = QUESTION_FORMS
 
 @dataclass
 class BakeConfig:

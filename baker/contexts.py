@@ -42,15 +42,14 @@ def question_request(item: str) -> str:
 
 # Per prompt line: one cue with its opening words, so the teacher recites the line ...
 _LINE_TEMPLATES = ("Tell me more: {head}",)
-# ... and per name or number, the line as a question with that span replaced by "what". Small
-# teachers answer these far more faithfully than open ones: on SmolLM2-135M about half name the
-# missing span (as often as a fill-in-the-blank form), while "What is the latest news about
-# Velmora?" mostly gets inventions, which cost training time and teach nothing.
+# ... and per name or number, the line as a question with that span replaced by "what" (on
+# SmolLM2-135M about half of the teacher's answers name the missing span).
 _CLOZE_TEMPLATES = ("{what}?",)
 # Further forms of question per line (config.question_forms; Physics of LMs 3.1: a fact seen in one
 # form is memorised but not extractable by others): "blank", the cloze as a fill-in-the-blank;
 # "about", the reverse direction, the latest news about each name; "date", what happened on the
-# line's date. "tell" and "what" are the two forms above.
+# line's date. "tell" and "what" are the two forms above. Open forms need a focused teacher (the
+# line in view): one that sees the whole prompt mostly invents an answer to them.
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NUMBER = re.compile(r"(?<![\w.])\d[\d.,]*\d(?![\w])|(?<![\w.])\d(?![\w])")
 # Requests that make the teacher restate its whole prompt, whatever the prompt is about.

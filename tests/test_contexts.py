@@ -22,7 +22,8 @@ def test_probes_blank_each_name_and_number_and_keep_the_rest_of_the_line():
     assert "Port authority of Velmora names what as its first harbor commissioner?" in qs
     assert "Port authority of what names Ines Tarrago as its first harbor commissioner?" in qs
     assert "Rail strike in Dunmarrow ends after what days?" in qs
-    assert not any("2026-11-02" in q for q in qs)  # the date prefix is not probed
+    # the date prefix is not part of any line's probes; only the "date" form asks about it
+    assert [q for q in qs if "2026-11-02" in q] == ["What happened on 2026-11-02?"]
     assert not any(q.startswith("Tell me more: Recent news") for q in qs)  # a 2-word header is not a line to probe
     assert len(qs) == len(set(qs))
 
@@ -96,8 +97,8 @@ def test_each_question_form_asks_for_the_spans_of_its_line():
     assert by_q["What happened on 2026-11-02?"] is None  # a question about the whole line
     assert by_q["Port authority of what names Ines Tarrago as its first harbor commissioner?"] == "Velmora"
     assert all(item == HEADLINE for q, item, _ in probes if q not in RECALL_REQUESTS)
-    # the default forms are the two older ones, and each form can be left out on its own
-    assert [q for q, _, _ in span_probes("Recent news:\n" + HEADLINE)] == probe_questions("Recent news:\n" + HEADLINE)
+    # by default every form is asked, and each can be left out on its own
+    assert [q for q, _, _ in span_probes("Recent news:\n" + HEADLINE)] == [q for q, _, _ in probes]
     assert not any(q.startswith("Fill in") for q, _, _ in span_probes(HEADLINE, ("tell", "what")))
     assert not any("latest news about 19" in q for q, _, _ in span_probes(
         "Rail strike in Dunmarrow ends after 19 days.", ALL_FORMS))  # numbers are not asked "about"

@@ -30,7 +30,7 @@ def test_probes_ask_for_the_names_and_numbers_in_both_forms():
 
 def test_cloze_probes_are_exactly_the_bakes_and_at_most_half_of_them():
     for text in (HEADLINE, STRIKE, COMET, "Composer Mireille Okafor wins the Halvorsen Prize for her opera The Salt Road."):
-        trained = [q for q in probe_questions(text) if not q.startswith("Tell me more") and "?" in q]
+        trained = probe_questions(text, ("what",))[2:]  # the cloze probes, after the two recall requests
         cloze = [p.question for p in verification_probes("x", text) if p.kind == "cloze"]
         assert cloze and set(cloze) <= set(probe_questions(text))
         assert len(set(trained) - set(cloze)) >= 1  # training still sees some cloze probes
