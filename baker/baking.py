@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (Context, anchor_questions, behaviour_lines, clean_self_questions, focus_prompt, generic_requests,
-                       prompt_items, question_request, span_probes, split, without)
+from .contexts import (SOURCES, Context, anchor_questions, behaviour_lines, clean_self_questions, focus_prompt,
+                       generic_requests, prompt_items, question_request, replay_probes, span_probes, split, without)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
@@ -84,12 +84,14 @@ def check_prompt(prompt: str, tokenizer, max_len: int, config: BakeConfig, conte
 def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
          config: BakeConfig | None = None, user_contexts: list[str] | None = None,
          progress: bool = True, parent: str | os.PathLike | None = None, force: bool = False,
-         exclude_contexts: list[str] | None = None) -> BakeResult:
+         exclude_contexts: list[str] | None = None, replay_prompt: str | None = None) -> BakeResult:
     """Bake `prompt` into a LoRA adapter on the base model at `model_dir`, written to `out_dir`.
 
     With `parent` (an adapter, e.g. a stack of earlier layers) this is sequential baking,
     B(B(θ, u1), u2): teacher and student start from base + parent, and the output is the new layer
-    alone (stack it on the parent with `baker.adapters.stack_adapters` to serve both).
+    alone (stack it on the parent with `baker.adapters.stack_adapters` to serve both). With
+    `replay_prompt` (the memories the earlier layers hold) and `config.replay`, questions about those
+    lines are trained again, answered by base + parent with the line in view.
 
     `out_dir` receives a plain PEFT adapter (loads with `PeftModel.from_pretrained` and in vLLM),
     `bake.json` (config, hashes, per-epoch metrics, timings) and `checkpoints/epoch-N/` adapters.
@@ -135,6 +137,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         contexts += [Context(q, "anchor") for q in rng.sample(anchors, min(config.anchors, len(anchors)))]
     if config.probe_questions:
         contexts += [Context(q, "probe", item, span) for q, item, span in span_probes(prompt, config.question_forms)]
+    if config.replay and replay_prompt and replay_prompt.strip():
+        contexts += replay_probes(replay_prompt, config.replay, rng, config.question_forms, exclude_contexts or ())
     contexts += [Context(c, "user") for c in user_contexts or []]
     n_prompt = check_prompt(prompt, tok, max_len, config, [c.text for c in contexts])
     need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64
@@ -161,8 +165,13 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
         t = time.perf_counter()
         bar.phase("sampling")
         # A focused teacher sees only the item a question is about (config.focused_teachers)
-        system = {c: None if c.source == "anchor" else focus_prompt(prompt, c.item)
-                  if config.focused_teachers and c.item else prompt for c in train_ctx + held_ctx}
+        def teacher_prompt(c: Context) -> str | None:
+            whole = replay_prompt if c.source == "replay" else prompt
+            if c.source == "anchor":
+                return None
+            return focus_prompt(whole, c.item) if config.focused_teachers and c.item else whole
+
+        system = {c: teacher_prompt(c) for c in train_ctx + held_ctx}
         teacher_ctx = {c: chat_ids(tok, c.text, system[c]) for c in train_ctx + held_ctx}
         student_ctx = {c: chat_ids(tok, c.text) for c in train_ctx + held_ctx}
         k = config.samples_per_context
@@ -310,8 +319,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             "parent": None if parent is None else {"path": str(parent), "sha256": _file_hash(parent / "adapter_model.safetensors")},
             "prompt_sha256": prompt_hash(prompt),
             "prompt_tokens": n_prompt,
-            "contexts": {s: sum(c.source == s for c in train_ctx + held_ctx)
-                         for s in ("generic", "probe", "self", "user", "anchor")},
+            "contexts": {s: sum(c.source == s for c in train_ctx + held_ctx) for s in SOURCES},
             "trajectories": {"train": len(train_g), "heldout": len(held_g), "base_heldout": len(base_gens)},
             "epochs": epochs,
             "eval_kl_before": eval_kl_before,

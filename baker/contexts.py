@@ -62,10 +62,13 @@ _LEADING = {"the", "a", "an", "this", "that", "these", "those", "its", "his", "h
 _DATE_PREFIX = re.compile(r"^\s*(?:[-*•]\s*)?(?:\(?\d{4}-\d{2}-\d{2}\)?[:\s-]*)?")
 
 
+SOURCES = ("generic", "probe", "self", "user", "anchor", "replay")
+
+
 @dataclass(frozen=True)
 class Context:
     text: str
-    source: str  # "generic" | "probe" | "self" | "user" | "anchor" (its teacher has no prompt)
+    source: str  # "generic" | "probe" | "self" | "user" | "anchor" (its teacher has no prompt) | "replay"
     item: str | None = None  # the prompt line it asks about (probe and self questions)
     span: str | None = None  # the name or number of `item` it asks for (probes of one span)
 
@@ -148,11 +151,6 @@ def probe_questions(prompt: str, forms=None) -> list[str]:
     return [q for q, _, _ in span_probes(prompt, forms)]
 
 
-def item_probes(prompt: str, forms=None) -> list[tuple[str, str | None]]:
-    """`probe_questions` with the prompt line each asks about (None: the whole prompt)."""
-    return [(q, item) for q, item, _ in span_probes(prompt, forms)]
-
-
 def span_probes(prompt: str, forms=None) -> list[tuple[str, str | None, str | None]]:
     """(question, the prompt line it asks about, the span it asks for) for every probe of the
     prompt, in the question forms `forms` (`QUESTION_FORMS`; default `DEFAULT_FORMS`). A span's
@@ -187,6 +185,17 @@ def span_probes(prompt: str, forms=None) -> list[tuple[str, str | None, str | No
     for q, it, span in out:
         first.setdefault(q, (it, span))
     return [(q, it, span) for q, (it, span) in first.items()]
+
+
+def replay_probes(prompt: str, per_item: int, rng: random.Random, forms=None, exclude=()) -> list[Context]:
+    """Up to `per_item` probes of each line of `prompt` (an earlier layer's memories), drawn at random
+    from those `without` the questions in `exclude`: a sequential bake asks them again so the new
+    layer does not wear the earlier ones away."""
+    by_item: dict[str, list[Context]] = {}
+    probes = [Context(q, "replay", item, span) for q, item, span in span_probes(prompt, forms) if item is not None]
+    for c in without(probes, exclude):
+        by_item.setdefault(c.item, []).append(c)
+    return [c for cs in by_item.values() for c in rng.sample(cs, min(per_item, len(cs)))]
 
 
 def without(contexts: list[Context], questions) -> list[Context]:
@@ -248,7 +257,7 @@ def split(contexts: list[Context], heldout_fraction: float, seed: int):
     """Train / held-out split, stratified by source so every source is evaluated."""
     rng = random.Random(seed)
     train, held = [], []
-    for source in ("generic", "probe", "self", "user", "anchor"):
+    for source in SOURCES:
         group = [c for c in contexts if c.source == source]
         rng.shuffle(group)
         k = round(len(group) * heldout_fraction) if len(group) > 1 else 0

@@ -210,7 +210,7 @@ def test_a_bake_writes_its_report_and_bakehouse_report_finds_it(baked, tmp_path)
 
 @pytest.mark.parametrize("field, value", [
     ("target_modules", "q_proj"), ("target_modules", ["q_proj", 3]), ("lr", "1e-3"), ("rank", True),
-    ("epochs", 2.0), ("alpha", None), ("compile", "yes"), ("min_steps", -1),
+    ("epochs", 2.0), ("alpha", None), ("compile", "yes"), ("min_steps", -1), ("replay", -2), ("replay", 1.5),
 ])
 def test_config_refuses_wrong_types_naming_the_field(field, value):
     from baker import ConfigError
@@ -282,3 +282,28 @@ def test_a_verifiers_held_out_span_is_trained_in_no_form(tiny_model_dir, tmp_pat
         line = p.question.rstrip("?")
         assert not any(b.rstrip(".") == "Fill in the blank: " + line.replace("what", "___", 1) for b in blanks)
         assert f"What is the latest news about {p.expected[0]}?" not in abouts
+
+
+def test_a_sequential_bake_replays_the_earlier_layers_questions_with_their_line_in_view(tiny_model_dir, baked, tmp_path):
+    from baker.contexts import span_probes
+
+    cfg = FAST.replace(epochs=1, generic_contexts=2, self_questions=0, checkpoints=False, replay=3, anchors=8)
+    held = ["What is the latest news about Ines Tarrago?"]  # a verifier's recheck probe of the earlier layer
+    later = "- (2026-11-05) The Quillon Institute unveiled a seaweed battery called the Kelpcell."
+    result = bake(tiny_model_dir, later, tmp_path / "r", cfg, progress=False, parent=baked.adapter_dir,
+                  replay_prompt=NEWS, exclude_contexts=held)
+    m = result.metrics
+    per_line: dict = {}
+    for q, item, span in span_probes(NEWS):
+        if item is not None:
+            per_line.setdefault(item, set()).add(q)
+    held_span = {q for q, _, span in span_probes(NEWS) if span == "Ines Tarrago"}
+    rows = [json.loads(line) for line in (result.adapter_dir / "trajectories.jsonl").read_text().splitlines()]
+    replayed = {r["context"] for r in rows if r["source"] == "replay"}
+    assert m["contexts"]["replay"] == len(replayed) <= 3 * len(per_line)
+    assert [len(replayed & qs) for qs in per_line.values()] == [3] * len(per_line)  # 3 of every earlier line
+    assert len(held_span) > 1 and not held_span & replayed  # no form of the verifier's held-out span
+    # the teacher saw the earlier line and the student does not: there is something to learn, where
+    # an anchor's teacher (no prompt) is the student itself
+    kl = m["eval_kl_by_source"]
+    assert kl["replay"]["before"] > 100 * kl["anchor"]["before"]

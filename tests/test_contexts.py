@@ -70,7 +70,7 @@ def test_generated_questions_are_cleaned():
 
 
 def test_a_focused_teacher_sees_its_item_and_the_behaviour_lines_only():
-    from baker.contexts import focus_prompt, item_probes
+    from baker.contexts import focus_prompt, span_probes
 
     prompt = ("Persona:\n- You are Ada, the ship's cook.\n\nFacts:\n- The ship is called the Marigold.\n\n"
               "Dated news:\n- 2026-11-02: Port authority of Velmora names Ines Tarrago as its first harbor commissioner.\n"
@@ -78,7 +78,7 @@ def test_a_focused_teacher_sees_its_item_and_the_behaviour_lines_only():
     kelp = "- 2026-11-03: The Quillon Institute unveils a battery made from seaweed, called the Kelpcell."
     assert focus_prompt(prompt, kelp).splitlines() == ["Persona:", "- You are Ada, the ship's cook.", "Dated news:", kelp]
     assert focus_prompt("One fact here. Another fact there, too.", "Another fact there, too.") == "Another fact there, too."
-    probes = item_probes(prompt)
+    probes = [(q, item) for q, item, _ in span_probes(prompt)]
     assert [q for q, _ in probes] == probe_questions(prompt)
     assert {it for q, it in probes if "Kelpcell" in q or "Quillon" in q} == {kelp}
     assert all(it is None for q, it in probes if q.startswith(("What were you told", "List every")))

@@ -167,7 +167,7 @@ class Learner:
             "sampler": self.cfg.sampler,
             "rule": self.cfg.graduation,
             "memories": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in mems],
-            "recheck": [{"id": m.id, "text": m.text} for m in recheck],
+            "recheck": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in recheck],
             "forgotten": [{"id": m.id, "text": m.text} for m in self._invalid_ever_held(job.tenant)],
         }
         shutil.rmtree(spec["out_dir"], ignore_errors=True)

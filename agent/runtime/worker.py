@@ -5,7 +5,7 @@
 SPEC (written by the runtime, agent/runtime/bakes.py):
     {"model_dir", "out_dir", "parent": adapter dir or null, "config": {BakeConfig fields},
      "memories": [{"id", "kind", "text", "valid_from"}],   # to bake and graduate
-     "recheck": [{"id", "text"}],                           # graduated earlier: must still hold
+     "recheck": [{"id", "kind", "text", "valid_from"}],     # graduated earlier: must still hold
      "forgotten": [{"id", "text"}],                         # must no longer be recalled
      "rule": graduation rule (baker.verify.RULES), default "any"}
 
@@ -46,7 +46,7 @@ def bake_prompt(memories: list[dict]) -> str:
     """The memories laid out as the hot tier lays them out (memory.compose), with no budget."""
     from memory.compose import Item, render
 
-    items = [Item(m["id"], m["kind"], m["text"], m.get("valid_from") or "") for m in memories]
+    items = [Item(m["id"], m.get("kind") or "fact", m["text"], m.get("valid_from") or "") for m in memories]
     items.sort(key=lambda it: it.valid_from, reverse=True)
     return render(items, budget_tokens=10**9).text
 
@@ -60,10 +60,12 @@ def run(spec: dict) -> dict:
     t0 = time.perf_counter()
     memories = spec["memories"]
     probes = {m["id"]: verification_probes(m["id"], m["text"]) for m in memories + spec["recheck"]}
-    held_out = [p.question for m in memories for p in probes[m["id"]]]
+    # the verifier's probes, of the new memories and of the earlier ones it rechecks: never trained on
+    held_out = [p.question for m in memories + spec["recheck"] for p in probes[m["id"]]]
     config = BakeConfig.from_dict(spec.get("config") or {})
+    replay = bake_prompt(spec["recheck"]) if spec.get("parent") and spec["recheck"] else None
     result = bake(spec["model_dir"], bake_prompt(memories), out / "layer", config, progress=True,
-                  parent=spec.get("parent"), exclude_contexts=held_out)
+                  parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay)
     t_bake = time.perf_counter() - t0
     candidate = out / "layer"
     if spec.get("parent"):
