@@ -38,13 +38,13 @@ OUT = ROOT / "bench" / "out" / "graduation.json"
 
 
 def bake_group(model: Path, work: Path, memories: list[dict], seed: int, epochs: int | None,
-               parent: str | None = None, config: dict | None = None) -> dict:
+               parent: str | None = None, config: dict | None = None, recheck: list[dict] | None = None) -> dict:
     """One worker bake, as the runtime runs it (a fresh layer on the base, or on `parent`, then
-    stacked onto it): its result.json."""
+    stacked onto it; `recheck`: the memories the parent holds): its result.json."""
     work.mkdir(parents=True, exist_ok=True)
     config = (config or {}) | {"seed": seed} | ({"epochs": epochs} if epochs else {})
     spec = {"model_dir": str(model), "out_dir": str(work), "parent": parent, "config": config,
-            "memories": memories, "recheck": [], "forgotten": []}
+            "memories": memories, "recheck": recheck or [], "forgotten": []}
     (work / "spec.json").write_text(json.dumps(spec))
     with open(work / "worker.log", "w") as log:
         rc = subprocess.call([sys.executable, "-m", "agent.runtime.worker", str(work / "spec.json")],

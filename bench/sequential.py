@@ -10,7 +10,12 @@ knowledge. Then one consolidated rebake: all 20 headlines in one layer on the ba
 The figure that counts: round 1's recall after the last round (and from the consolidated rebake)
 against its recall right after round 1 (target >= 0.8).
 
-    python bench/sequential.py [--rounds 4] [--per-round 5] [--seed 0]
+Each later round passes the memories of the rounds before it as the worker's `recheck` (as the
+runtime passes the memories its served stack holds); with `--replay N ...` the run is an A/B of
+`BakeConfig.replay` (questions about those memories trained again): round 1, with nothing to replay,
+is baked once per seed and shared by every arm.
+
+    python bench/sequential.py [--rounds 4] [--per-round 5] [--seeds 0] [--replay 0 4]
 
 Prints a table and writes bench/out/sequential.json.
 """
@@ -44,9 +49,17 @@ def questions(group: list[dict], more: dict[str, list[dict]]) -> list[dict]:
 
 
 def right(model: Path, adapter: str | None, qs: list[dict], prompt: str | None = None) -> int:
+    return right_per_group(model, adapter, [qs], prompt)[0]
+
+
+def right_per_group(model: Path, adapter: str | None, groups: list[list[dict]], prompt: str | None = None) -> list[int]:
+    """How many questions of each group the model answers right (one engine for all of them)."""
+    qs = [q for g in groups for q in g]
     answers, _ = ask_runs(model, {"a": (prompt, adapter is not None, [q["q"] for q in qs])}, adapter,
                           max_new_tokens=30)
-    return sum(answer_matches(a, q["answer"]) for a, q in zip(answers["a"], qs))
+    hits = [answer_matches(a, q["answer"]) for a, q in zip(answers["a"], qs)]
+    ends = [sum(map(len, groups[:k + 1])) for k in range(len(groups))]
+    return [sum(hits[e - len(g):e]) for g, e in zip(groups, ends)]
 
 
 def main():
@@ -55,7 +68,8 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--per-round", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--replay", type=int, nargs="+", default=None, help="arms: BakeConfig.replay values")
     ap.add_argument("--config", default="{}", help="BakeConfig JSON overrides for every bake")
     ap.add_argument("--no-consolidated", action="store_true")
     args = ap.parse_args()
@@ -68,43 +82,62 @@ def main():
     mems = [[{"id": h["id"], "kind": "headline", "text": h["headline"], "valid_from": h["date"]} for h in g]
             for g in groups]
     config = json.loads(args.config)
-    work = home / "bench-sequential" / f"s{args.seed}"
-    out: dict = {"rounds": args.rounds, "per_round": args.per_round, "seed": args.seed, "config": config,
-                 "hot": [], "after_round": [], "general_kept": [], "bake_s": []}
+    arms = [None] if args.replay is None else args.replay
+    out: dict = {"rounds": args.rounds, "per_round": args.per_round, "seeds": args.seeds, "config": config,
+                 "runs": [], "target_round1_kept_min": TARGET}
     # each round's own hot tier (its 5 headlines as the prompt, no adapter): what the weights replace
-    out["hot"] = [right(model, None, questions(g, more), bake_prompt(m)) for g, m in zip(groups, mems)]
+    hot, _ = ask_runs(model, {str(k): (bake_prompt(m), False, [q["q"] for q in questions(g, more)])
+                              for k, (g, m) in enumerate(zip(groups, mems))}, None, max_new_tokens=30)
+    out["hot"] = [sum(answer_matches(a, q["answer"]) for a, q in zip(hot[str(k)], questions(g, more)))
+                  for k, g in enumerate(groups)]
     out["asked_per_round"] = [len(questions(g, more)) for g in groups]
-    parent = None
-    for k in range(args.rounds):
-        t0 = time.perf_counter()
-        result = bake_group(model, work / f"r{k}", mems[k], args.seed, None, parent=parent, config=config)
-        out["bake_s"].append(round(time.perf_counter() - t0))
-        parent = result["candidate"]
-        out["after_round"].append([right(model, parent, questions(groups[j], more)) for j in range(k + 1)])
-        out["general_kept"].append((result["verify"]["general"] or {}).get("kept_fraction"))
-        print(f"round {k + 1}: {out['bake_s'][-1]} s; right per round so far {out['after_round'][-1]} "
-              f"(hot {out['hot'][:k + 1]}); general kept {out['general_kept'][-1]}", flush=True)
+
+    def save():
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(out, indent=2))
-    first = out["after_round"][0][0]
-    out["round1_kept"] = out["after_round"][-1][0] / first if first else None
-    if not args.no_consolidated:
+
+    for seed in args.seeds:
+        work = home / "bench-sequential" / f"s{seed}"
         t0 = time.perf_counter()
-        allm = [m for ms in mems for m in ms]
-        result = bake_group(model, work / "consolidated", allm, args.seed, None, config=config)
-        out["consolidated"] = {"bake_s": round(time.perf_counter() - t0),
-                               "right_per_round": [right(model, result["candidate"], questions(g, more)) for g in groups],
-                               "general_kept": (result["verify"]["general"] or {}).get("kept_fraction")}
-        out["consolidated"]["round1_kept"] = out["consolidated"]["right_per_round"][0] / first if first else None
-    out["target_round1_kept_min"] = TARGET
-    OUT.write_text(json.dumps(out, indent=2))
+        first = bake_group(model, work / "r0", mems[0], seed, None, config=config)
+        first_s = round(time.perf_counter() - t0)
+        first_right = right(model, first["candidate"], questions(groups[0], more))
+        first_kept = (first["verify"]["general"] or {}).get("kept_fraction")
+        for arm in arms:
+            cfg = config | ({} if arm is None else {"replay": arm})
+            run = {"seed": seed, "replay": cfg.get("replay", 0), "bake_s": [first_s], "after_round": [[first_right]],
+                   "general_kept": [first_kept]}
+            out["runs"].append(run)
+            parent = first["candidate"]
+            for k in range(1, args.rounds):
+                t0 = time.perf_counter()
+                result = bake_group(model, work / f"replay{run['replay']}" / f"r{k}", mems[k], seed, None, parent=parent,
+                                    config=cfg, recheck=[m for ms in mems[:k] for m in ms])
+                run["bake_s"].append(round(time.perf_counter() - t0))
+                parent = result["candidate"]
+                run["after_round"].append(right_per_group(model, parent, [questions(g, more) for g in groups[:k + 1]]))
+                run["general_kept"].append((result["verify"]["general"] or {}).get("kept_fraction"))
+                print(f"seed {seed} replay {run['replay']} round {k + 1}: {run['bake_s'][-1]} s; right per round "
+                      f"{run['after_round'][-1]} (hot {out['hot'][:k + 1]}); general kept {run['general_kept'][-1]}",
+                      flush=True)
+                save()
+            run["round1_kept"] = run["after_round"][-1][0] / first_right if first_right else None
+            save()
+        if not args.no_consolidated:
+            t0 = time.perf_counter()
+            result = bake_group(model, work / "consolidated", [m for ms in mems for m in ms], seed, None, config=config)
+            c = {"seed": seed, "bake_s": round(time.perf_counter() - t0),
+                 "right_per_round": right_per_group(model, result["candidate"], [questions(g, more) for g in groups]),
+                 "general_kept": (result["verify"]["general"] or {}).get("kept_fraction")}
+            c["round1_kept"] = c["right_per_round"][0] / first_right if first_right else None
+            out.setdefault("consolidated", []).append(c)
+            save()
     print(f"\nasked per round {out['asked_per_round']}; hot tier right {out['hot']}")
-    for k, row in enumerate(out["after_round"]):
-        print(f"after round {k + 1}: {row}  general kept {out['general_kept'][k]}")
-    print(f"round 1 kept after round {args.rounds}: {out['round1_kept']}")
-    if "consolidated" in out:
-        c = out["consolidated"]
-        print(f"consolidated rebake: {c['right_per_round']}, round 1 kept {c['round1_kept']}, "
+    for run in out["runs"]:
+        print(f"seed {run['seed']} replay {run['replay']}: right per round after each round {run['after_round']}; "
+              f"general kept {run['general_kept']}; round 1 kept {run['round1_kept']}; bakes {run['bake_s']} s")
+    for c in out.get("consolidated", []):
+        print(f"seed {c['seed']} consolidated rebake: {c['right_per_round']}, round 1 kept {c['round1_kept']}, "
               f"general kept {c['general_kept']}, {c['bake_s']} s")
     print(f"wrote {OUT}")
 
