@@ -13,7 +13,7 @@ Recall is over the shared question and the bench's three more per headline (keyw
 greedy, 30 tokens); KL is token-averaged over the bake's held-out trajectories, teacher = base +
 the whole prompt.
 
-    python bench/paper.py [--headlines 5] [--seed 0]     # written, not yet run end to end
+    python bench/paper.py [--headlines 5] [--seed 0]     # ~35 min on 2 cores
 
 Prints a table and writes bench/out/paper.json.
 """
