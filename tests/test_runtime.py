@@ -248,6 +248,31 @@ def test_consolidation_replaces_the_stack_when_it_would_exceed_the_rank(learner,
     assert spec["parent"] is None and spec["recheck"] == []
 
 
+def test_a_layer_on_the_served_stack_replays_the_memories_it_rechecks(tiny_model_dir, tmp_path):
+    from agent.runtime import worker
+    from baker.contexts import probe_questions
+    from baker.verify import verification_probes
+
+    parent = make_adapter(tiny_model_dir, tmp_path / "served", r=4, targets=("q_proj", "k_proj", "v_proj", "o_proj",
+                                                                             "gate_proj", "up_proj", "down_proj"))
+    earlier = {"id": 7, "kind": "headline", "text": "Port authority of Velmora names Ines Tarrago as harbor commissioner.",
+               "valid_from": "2026-11-02"}
+    spec = {"model_dir": str(tiny_model_dir), "out_dir": str(tmp_path / "job"), "parent": str(parent),
+            "config": TINY_BAKE | {"replay": 2, "sampler": "hf"}, "sampler": "hf", "forgotten": [],
+            "memories": [{"id": 8, "kind": "fact", "text": "The Lumen Bridge in Caldera reopened after 14 months.",
+                          "valid_from": ""}],
+            "recheck": [earlier]}
+    result = worker.run(spec)
+    assert {i["item_id"] for i in result["verify"]["items"]} == {7, 8}  # the earlier memory is rechecked
+    layer = tmp_path / "job" / "layer"
+    assert json.loads((layer / "bake.json").read_text())["contexts"]["replay"] == 2
+    rows = [json.loads(line) for line in (layer / "trajectories.jsonl").read_text().splitlines()]
+    replayed = {r["context"] for r in rows if r["source"] == "replay"}
+    assert len(replayed) == 2 and replayed <= set(probe_questions(worker.bake_prompt([earlier])))
+    # the verifier's questions about the earlier memory stay unseen by the new layer
+    assert not {p.question for p in verification_probes(7, earlier["text"])} & {r["context"] for r in rows}
+
+
 def test_a_restart_requeues_the_interrupted_job_and_sweeps_its_scratch(home, tiny_model_dir):
     cfg = RuntimeConfig(home=home, model_dir=tiny_model_dir, idle_seconds=0, sampler="hf", bake_overrides=TINY_BAKE)
     with MemoryStore.in_home(home) as store:
