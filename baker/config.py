@@ -45,7 +45,7 @@ class BakeConfig:
     # drift); only for prompts of knowledge: none when the prompt has a persona or instruction line
     # sequential baking: per line of the earlier layers' memories (`bake(replay_prompt=...)`), this
     # many of its probe questions again, answered by the stack with that line in view
-    replay: int = 0
+    replay: int = 6
     # "prompt_kl": each trained position weighted by how much the prompt changes it there,
     # 0.5 + 0.5 * KL(teacher || base) / its mean (positions the prompt does not touch still count)
     loss_weighting: str = "none"
