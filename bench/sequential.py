@@ -48,18 +48,14 @@ def questions(group: list[dict], more: dict[str, list[dict]]) -> list[dict]:
     return [q for h in group for q in h["questions"] + more.get(h["id"], [])]
 
 
-def right(model: Path, adapter: str | None, qs: list[dict], prompt: str | None = None) -> int:
-    return right_per_group(model, adapter, [qs], prompt)[0]
-
-
-def right_per_group(model: Path, adapter: str | None, groups: list[list[dict]], prompt: str | None = None) -> list[int]:
-    """How many questions of each group the model answers right (one engine for all of them)."""
-    qs = [q for g in groups for q in g]
-    answers, _ = ask_runs(model, {"a": (prompt, adapter is not None, [q["q"] for q in qs])}, adapter,
-                          max_new_tokens=30)
-    hits = [answer_matches(a, q["answer"]) for a, q in zip(answers["a"], qs)]
-    ends = [sum(map(len, groups[:k + 1])) for k in range(len(groups))]
-    return [sum(hits[e - len(g):e]) for g, e in zip(groups, ends)]
+def right_per_group(model: Path, adapter: str | None, groups: list[list[dict]],
+                    prompts: list[str | None] | None = None) -> list[int]:
+    """How many questions of each group the model answers right, each group with its own system
+    prompt (`prompts`; none by default); one engine for all of them."""
+    prompts = prompts or [None] * len(groups)
+    runs = {str(k): (p, adapter is not None, [q["q"] for q in g]) for k, (g, p) in enumerate(zip(groups, prompts))}
+    answers, _ = ask_runs(model, runs, adapter, max_new_tokens=30)
+    return [sum(answer_matches(a, q["answer"]) for a, q in zip(answers[str(k)], g)) for k, g in enumerate(groups)]
 
 
 def main():
@@ -86,10 +82,7 @@ def main():
     out: dict = {"rounds": args.rounds, "per_round": args.per_round, "seeds": args.seeds, "config": config,
                  "runs": [], "target_round1_kept_min": TARGET}
     # each round's own hot tier (its 5 headlines as the prompt, no adapter): what the weights replace
-    hot, _ = ask_runs(model, {str(k): (bake_prompt(m), False, [q["q"] for q in questions(g, more)])
-                              for k, (g, m) in enumerate(zip(groups, mems))}, None, max_new_tokens=30)
-    out["hot"] = [sum(answer_matches(a, q["answer"]) for a, q in zip(hot[str(k)], questions(g, more)))
-                  for k, g in enumerate(groups)]
+    out["hot"] = right_per_group(model, None, [questions(g, more) for g in groups], [bake_prompt(m) for m in mems])
     out["asked_per_round"] = [len(questions(g, more)) for g in groups]
 
     def save():
@@ -101,7 +94,7 @@ def main():
         t0 = time.perf_counter()
         first = bake_group(model, work / "r0", mems[0], seed, None, config=config)
         first_s = round(time.perf_counter() - t0)
-        first_right = right(model, first["candidate"], questions(groups[0], more))
+        first_right = right_per_group(model, first["candidate"], [questions(groups[0], more)])[0]
         first_kept = (first["verify"]["general"] or {}).get("kept_fraction")
         for arm in arms:
             cfg = config | ({} if arm is None else {"replay": arm})

@@ -46,7 +46,7 @@ def bake_prompt(memories: list[dict]) -> str:
     """The memories laid out as the hot tier lays them out (memory.compose), with no budget."""
     from memory.compose import Item, render
 
-    items = [Item(m["id"], m.get("kind") or "fact", m["text"], m.get("valid_from") or "") for m in memories]
+    items = [Item(m["id"], m["kind"], m["text"], m.get("valid_from") or "") for m in memories]
     items.sort(key=lambda it: it.valid_from, reverse=True)
     return render(items, budget_tokens=10**9).text
 
