@@ -138,7 +138,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     if config.probe_questions:
         contexts += [Context(q, "probe", item, span) for q, item, span in span_probes(prompt, config.question_forms)]
     if config.replay and replay_prompt and replay_prompt.strip():
-        contexts += replay_probes(replay_prompt, config.replay, rng, config.question_forms, exclude_contexts or ())
+        contexts += replay_probes(replay_prompt, config.replay, rng, config.question_forms, exclude_contexts or (),
+                                  limit=config.replay_max)
     contexts += [Context(c, "user") for c in user_contexts or []]
     n_prompt = check_prompt(prompt, tok, max_len, config, [c.text for c in contexts])
     need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64

@@ -46,6 +46,7 @@ class BakeConfig:
     # sequential baking: per line of the earlier layers' memories (`bake(replay_prompt=...)`), this
     # many of its probe questions again, answered by the stack with that line in view
     replay: int = 6
+    replay_max: int = 0  # ... and at most this many replayed questions in all, shared evenly (0: no cap)
     # "prompt_kl": each trained position weighted by how much the prompt changes it there,
     # 0.5 + 0.5 * KL(teacher || base) / its mean (positions the prompt does not touch still count)
     loss_weighting: str = "none"
@@ -72,7 +73,7 @@ class BakeConfig:
         for name in positive:
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("generic_contexts", "self_questions", "min_steps", "anchors", "replay"):
+        for name in ("generic_contexts", "self_questions", "min_steps", "anchors", "replay", "replay_max"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         for name in ("alpha", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):

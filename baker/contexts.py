@@ -187,15 +187,22 @@ def span_probes(prompt: str, forms=None) -> list[tuple[str, str | None, str | No
     return [(q, it, span) for q, (it, span) in first.items()]
 
 
-def replay_probes(prompt: str, per_item: int, rng: random.Random, forms=None, exclude=()) -> list[Context]:
+def replay_probes(prompt: str, per_item: int, rng: random.Random, forms=None, exclude=(),
+                  limit: int = 0) -> list[Context]:
     """Up to `per_item` probes of each line of `prompt` (an earlier layer's memories), drawn at random
     from those `without` the questions in `exclude`: a sequential bake asks them again so the new
-    layer does not wear the earlier ones away."""
+    layer does not wear the earlier ones away. With `limit`, at most that many in all, shared as
+    evenly as the lines allow (a long-lived stack would otherwise replay without bound)."""
     by_item: dict[str, list[Context]] = {}
     probes = [Context(q, "replay", item, span) for q, item, span in span_probes(prompt, forms) if item is not None]
     for c in without(probes, exclude):
         by_item.setdefault(c.item, []).append(c)
-    return [c for cs in by_item.values() for c in rng.sample(cs, min(per_item, len(cs)))]
+    drawn = [rng.sample(cs, min(per_item, len(cs))) for cs in by_item.values()]
+    if not limit or sum(map(len, drawn)) <= limit:
+        return [c for cs in drawn for c in cs]
+    rng.shuffle(drawn)  # which lines get the one extra question when the shares do not divide evenly
+    rounds = [cs[k] for k in range(per_item) for cs in drawn if k < len(cs)]  # every line's 1st, then 2nd, ...
+    return rounds[:limit]
 
 
 def without(contexts: list[Context], questions) -> list[Context]:

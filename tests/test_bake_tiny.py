@@ -210,7 +210,7 @@ def test_a_bake_writes_its_report_and_bakehouse_report_finds_it(baked, tmp_path)
 
 @pytest.mark.parametrize("field, value", [
     ("target_modules", "q_proj"), ("target_modules", ["q_proj", 3]), ("lr", "1e-3"), ("rank", True),
-    ("epochs", 2.0), ("alpha", None), ("compile", "yes"), ("min_steps", -1), ("replay", -2), ("replay", 1.5),
+    ("epochs", 2.0), ("alpha", None), ("compile", "yes"), ("min_steps", -1), ("replay", -2), ("replay", 1.5), ("replay_max", -1),
 ])
 def test_config_refuses_wrong_types_naming_the_field(field, value):
     from baker import ConfigError

@@ -3,7 +3,7 @@ import pytest
 
 from baker.contexts import (QUESTION_SHOTS, RECALL_REQUESTS, Context, clean_self_questions,
                             generic_requests, names, probe_questions, question_request,
-                            read_user_contexts, split)
+                            read_user_contexts, replay_probes, split)
 from baker.errors import BakeError
 
 HEADLINE = "2026-11-02: Port authority of Velmora names Ines Tarrago as its first harbor commissioner."
@@ -130,3 +130,18 @@ def test_question_forms_are_checked_by_the_config():
         BakeConfig(question_forms=("what", "riddle"))
     with pytest.raises(ConfigError, match="list of form names"):
         BakeConfig(question_forms="what")
+
+
+def test_replay_shares_its_limit_evenly_over_the_earlier_lines():
+    import random
+    lines = [HEADLINE, "2026-11-03: Rail strike in Dunmarrow ends after 19 days.",
+             "2026-11-04: The Quillon Institute unveils the Kelpcell battery.",
+             "2026-11-05: Football club Rovers of Tamsin sign Kofi Mensah-Lund."]
+    prompt = "Recent news:\n" + "\n".join(lines)
+    every = replay_probes(prompt, 3, random.Random(0))
+    per_line = lambda cs: sorted(sum(c.item.endswith(line.split(": ", 1)[1]) for c in cs) for line in lines)
+    assert per_line(every) == [3, 3, 3, 3]
+    capped = replay_probes(prompt, 3, random.Random(0), limit=6)
+    assert len(capped) == 6 and per_line(capped) == [1, 1, 2, 2]  # evenly, not the first lines' all
+    assert len({c.text for c in capped}) == 6 and all(c.source == "replay" for c in capped)
+    assert replay_probes(prompt, 3, random.Random(0), limit=12) == every  # a limit above the total changes nothing
