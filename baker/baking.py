@@ -32,7 +32,8 @@ from .contexts import (SOURCES, Context, anchor_questions, behaviour_lines, clea
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
-from .kl import batch_kl, grouped_kl, grouped_logprobs, kl_per_position, mean_kl, prompt_weights, sequence_logprobs
+from .kl import (batch_kl, grouped_kl, grouped_logprobs, kl_per_position, mean_kl, prompt_weights,
+                 sequence_logprobs, sharpen)
 from .models import context_length, load_model, weights_hash
 from .outputs import prepare_output, replace_output, temp_dir
 from .report import write_report
@@ -201,6 +202,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     teacher_held = grouped_logprobs(model, [teacher_ctx[c] for c in held_c], held_g,
                                     [system[c] for c in held_c], **lp)
     base_held = sequence_logprobs(model, [student_ctx[c] for c in held_ctx], base_gens, **lp)
+    if config.answer_ce:  # training targets only: the held-out KL stays against the teacher itself
+        teacher_train = [sharpen(t, config.answer_ce) if c.item else t for c, t in zip(train_c, teacher_train)]
     timings["teacher"] = time.perf_counter() - t
 
     # 4. student: base + LoRA (B = 0, so it starts exactly at the base) ---------------------------

@@ -50,6 +50,9 @@ class BakeConfig:
     # "prompt_kl": each trained position weighted by how much the prompt changes it there,
     # 0.5 + 0.5 * KL(teacher || base) / its mean (positions the prompt does not touch still count)
     loss_weighting: str = "none"
+    # weight of cross-entropy on the teacher's greedy token at every answer position of a question
+    # about one line (probe, self, replay), as a sharpened target: (1 - w) * KL + w * CE (0: pure KL)
+    answer_ce: float = 0.0
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
@@ -76,7 +79,7 @@ class BakeConfig:
         for name in ("generic_contexts", "self_questions", "min_steps", "anchors", "replay", "replay_max"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        for name in ("alpha", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
+        for name in ("alpha", "answer_ce", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
             if not _is_number(getattr(self, name)):
                 raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
         for name in ("probe_questions", "focused_teachers", "compile", "checkpoints"):
@@ -84,6 +87,8 @@ class BakeConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ConfigError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
+        if not (0 <= self.answer_ce < 1):
+            raise ConfigError(f"answer_ce must be in [0, 1), got {self.answer_ce!r}")
         if not (0 <= self.lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not (self.lr > 0):

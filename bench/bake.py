@@ -66,6 +66,9 @@ def main():
     ap.add_argument("--seeds", type=int, default=1,
                     help="bake this many seeds (config seed, +1, ...) and report their spread; "
                          "the naive loop runs against the first")
+    ap.add_argument("--pursuit-rounds", type=int, default=1,
+                    help="bake by Prompt Pursuit (baker.pursuit): this many layers of the same prompt, "
+                         "each on the stack so far; the KL figures are the first round's")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "bake.json"))
     args = ap.parse_args()
 
@@ -81,7 +84,8 @@ def main():
     seeds = [config.seed + i for i in range(args.seeds)]
     more = [json.loads(line) for line in Path(args.more_questions).read_text().splitlines()
             if line.strip()] if args.more_questions else []
-    runs = [bake_and_measure(model_dir, rows, prompt, config.replace(seed=s), out_dir, more) for s in seeds]
+    runs = [bake_and_measure(model_dir, rows, prompt, config.replace(seed=s), out_dir, more, args.pursuit_rounds)
+            for s in seeds]
     reports = [r for r, _, _ in runs]
     report, m, trajs = runs[0]  # the naive loop runs against the first seed's bake
     if len(seeds) > 1:  # the 20-question recall moves by +-0.1 between seeds: report the spread
@@ -120,18 +124,25 @@ def main():
     print(f"wrote {args.out}")
 
 
-def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] = ()) -> tuple[dict, dict, list[dict]]:
+def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] = (),
+                     pursuit_rounds: int = 1) -> tuple[dict, dict, list[dict]]:
     """One bake of the headlines prompt and everything measured on it: (report, the bake's
-    metrics, its trajectories), the last two for the naive loop."""
+    metrics, its trajectories), the last two for the naive loop. With `pursuit_rounds` > 1 the bake
+    is a Prompt Pursuit and `out_dir` its stack; the bake's metrics are then its first round's."""
     from baker import bake
     from baker.baking import TRAJECTORIES_FILE
     from baker.generate import ask_runs
+    from baker.pursuit import pursue
     from baker.verify import answer_matches, general_questions
 
     t = time.perf_counter()
-    result = bake(model_dir, prompt, out_dir, config)
+    if pursuit_rounds > 1:
+        results = pursue(model_dir, prompt, out_dir, pursuit_rounds, config, force=True)
+        first_dir = out_dir / "layers" / "round-1"
+    else:
+        results, first_dir = [bake(model_dir, prompt, out_dir, config, force=True)], out_dir
     bake_s = time.perf_counter() - t
-    m = result.metrics
+    m = results[0].metrics
     rss = peak_rss_mib()
 
     questions, extra = questions_of(rows), questions_of(more, "m")
@@ -161,7 +172,7 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] 
     retention["kept_fraction"] = retention["kept"] / len(base_right) if base_right else None
     # Leakage check: the bake never sees the bench's questions, but the questions the model writes
     # about each headline can coincide with them; count the verbatim (case-insensitive) repeats.
-    trajs = [json.loads(line) for line in (out_dir / TRAJECTORIES_FILE).read_text().splitlines()]
+    trajs = [json.loads(line) for line in (first_dir / TRAJECTORIES_FILE).read_text().splitlines()]
     seen = {t["context"].strip().lower() for t in trajs}
     leaked = sorted(q["id"] for q in questions + extra if q["prompt"].strip().lower() in seen)
 
@@ -186,6 +197,8 @@ def bake_and_measure(model_dir, rows, prompt, config, out_dir, more: list[dict] 
         "recall_more": rec_more,
         "recall_more_ratio": rec_more["baked"] / rec_more["prompted"] if rec_more and rec_more["prompted"] else None,
         "bake_seconds": bake_s, "phases_s": m["timings"], "compiled": m.get("compiled"),
+        "pursuit_rounds": [{k: r.metrics[k] for k in ("eval_kl_before", "eval_kl_after", "drift_kl")}
+                           for r in results] if pursuit_rounds > 1 else None,
         "epochs": m["epochs"], "trajectories": m["trajectories"], "tokens": m["tokens"],
         "trained_tokens_per_second": m["trained_tokens_per_second"], "peak_rss_mib": rss,
         "answers": answers,

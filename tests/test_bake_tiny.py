@@ -211,6 +211,7 @@ def test_a_bake_writes_its_report_and_bakehouse_report_finds_it(baked, tmp_path)
 @pytest.mark.parametrize("field, value", [
     ("target_modules", "q_proj"), ("target_modules", ["q_proj", 3]), ("lr", "1e-3"), ("rank", True),
     ("epochs", 2.0), ("alpha", None), ("compile", "yes"), ("min_steps", -1), ("replay", -2), ("replay", 1.5), ("replay_max", -1),
+    ("answer_ce", 1.0), ("answer_ce", "0.1"),
 ])
 def test_config_refuses_wrong_types_naming_the_field(field, value):
     from baker import ConfigError
@@ -263,6 +264,19 @@ def test_prompt_kl_weighting_bakes_and_weights_where_the_prompt_matters(tiny_mod
     cfg = FAST.replace(epochs=1, loss_weighting="prompt_kl")
     m = bake(tiny_model_dir, PROMPT, tmp_path / "w", cfg, progress=False).metrics
     assert m["config"]["loss_weighting"] == "prompt_kl" and m["eval_kl_after"] < m["eval_kl_before"]
+
+
+def test_answer_ce_changes_the_training_not_the_held_out_teacher(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = FAST.replace(epochs=1, generic_contexts=2, self_questions=0, checkpoints=False)
+    plain = bake(tiny_model_dir, NEWS, tmp_path / "kl", cfg, progress=False)
+    sharp = bake(tiny_model_dir, NEWS, tmp_path / "ce", cfg.replace(answer_ce=0.5), progress=False)
+    # the same trajectories, and the held-out KL is against the teacher itself in both
+    assert abs(plain.metrics["eval_kl_before"] - sharp.metrics["eval_kl_before"]) < 1e-5
+    a = load_file(plain.adapter_dir / "adapter_model.safetensors")
+    b = load_file(sharp.adapter_dir / "adapter_model.safetensors")
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 
 def test_a_verifiers_held_out_span_is_trained_in_no_form(tiny_model_dir, tmp_path):

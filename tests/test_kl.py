@@ -142,3 +142,26 @@ def test_grouped_logprobs_keep_the_order_and_equal_one_context_at_a_time(tiny):
     for i in range(4):
         (alone,) = sequence_logprobs(model, [ctx[i]], [gens[i]], tok.pad_token_id, store="float32", share_prefix=False)
         torch.testing.assert_close(grouped[i], alone, atol=2e-4, rtol=1e-4)
+
+
+def test_sharpened_target_is_kl_plus_cross_entropy_on_the_greedy_token():
+    import torch.nn.functional as F
+
+    from baker.kl import kl_per_position, sharpen
+
+    torch.manual_seed(0)
+    teacher = F.log_softmax(torch.randn(5, 11) * 2, -1)
+    w = 0.3
+    target = sharpen(teacher, w)
+    assert torch.allclose(target.exp().sum(-1), torch.ones(5), atol=1e-5)
+    assert torch.equal(target.argmax(-1), teacher.argmax(-1))
+
+    def mixed(student):  # what the sharpened KL must equal, up to a constant in the student
+        ce = -F.log_softmax(student, -1).gather(1, teacher.argmax(-1, keepdim=True)).squeeze(1)
+        return (1 - w) * kl_per_position(student, teacher) + w * ce
+
+    a, b = torch.randn(5, 11), torch.randn(5, 11) * 3
+    diff_a = kl_per_position(a, target) - mixed(a)
+    diff_b = kl_per_position(b, target) - mixed(b)
+    assert torch.allclose(diff_a, diff_b, atol=1e-4)  # the same constant for any student
+    assert not torch.allclose(kl_per_position(a, target), kl_per_position(a, teacher), atol=1e-3)
