@@ -34,7 +34,7 @@ from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
 from .kl import (batch_kl, grouped_kl, grouped_logprobs, kl_per_position, mean_kl, prompt_weights,
                  sequence_logprobs, sharpen)
-from .models import context_length, load_model, weights_hash
+from .models import context_length, fast_dtype, load_model, weights_hash
 from .outputs import prepare_output, replace_output, temp_dir
 from .report import write_report
 from .sampling import open_sampler
@@ -101,6 +101,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     refused up front with an OutputError, before the minutes of work (see baker/outputs.py).
     """
     config = config or BakeConfig()
+    if config.compute_dtype == "auto":
+        config = config.replace(compute_dtype=fast_dtype())
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -146,7 +148,8 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     need_len = max(len(chat_ids(tok, c.text, prompt)) for c in contexts) + config.max_new_tokens + 64
     bar = _Bar(progress)
 
-    sampler = open_sampler(config.sampler, model_dir, parent, seed=config.seed, max_model_len=min(max_len, max(need_len, 512)))
+    sampler = open_sampler(config.sampler, model_dir, parent, seed=config.seed,
+                           max_model_len=min(max_len, max(need_len, 512)), dtype=config.compute_dtype)
     try:
         items = [i for i in prompt_items(prompt) if len(i.split()) >= 4]
         if config.self_questions and items:  # per prompt line, questions the model writes about it

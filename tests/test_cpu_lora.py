@@ -277,6 +277,11 @@ def test_engine_starts_the_patched_server_unless_told_not_to(tmp_path):
 
     cmd = Engine(ServeConfig(model_dir=tmp_path), tmp_path / "log").command()
     assert cmd[1:3] == ["-m", "serving.cpu_lora"] and "--enable-lora" in cmd
+    assert cmd[cmd.index("--dtype") + 1] in ("bfloat16", "float32")  # "auto" is resolved for vLLM
+    bf16 = Engine(ServeConfig(model_dir=tmp_path, dtype="bfloat16"), tmp_path / "log").command()
+    assert bf16[bf16.index("--dtype") + 1] == "bfloat16"
+    with pytest.raises(ValueError, match="dtype"):
+        ServeConfig(model_dir=tmp_path, dtype="int8")
     stock = Engine(ServeConfig(model_dir=tmp_path, grouped_lora_ops=False), tmp_path / "log").command()
     assert stock[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
 

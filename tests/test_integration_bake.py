@@ -31,6 +31,9 @@ def test_short_bake_lowers_heldout_kl(baked):
     assert m["eval_kl_after"] < 0.8 * m["eval_kl_before"], m["epochs"]
     assert m["drift_kl"] >= 0
     assert m["contexts"]["self"] >= 1  # the prompted model wrote questions about its prompt
+    from baker.models import fast_dtype
+
+    assert m["config"]["compute_dtype"] == fast_dtype()  # "auto" is saved as the dtype it ran in
 
 
 def test_adapter_loads_in_peft(baked, smollm2_dir):
