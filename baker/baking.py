@@ -201,7 +201,10 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     bar.phase("teacher")
     lp = dict(pad=pad, batch_size=config.batch_size, dtype=config.compute_dtype, store=config.teacher_cache_dtype)
     teacher_train = grouped_logprobs(model, [teacher_ctx[c] for c in train_c], train_g,
-                                     [system[c] for c in train_c], **lp)
+                                     [system[c] for c in train_c], layers=bool(config.hidden_loss), **lp)
+    teacher_hidden = None
+    if config.hidden_loss:  # the teacher's layers at the same positions, from the same pass
+        teacher_train, teacher_hidden = map(list, zip(*teacher_train))
     teacher_held = grouped_logprobs(model, [teacher_ctx[c] for c in held_c], held_g,
                                     [system[c] for c in held_c], **lp)
     base_held = sequence_logprobs(model, [student_ctx[c] for c in held_ctx], base_gens, **lp)
@@ -257,10 +260,14 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     kl_fn = compiled_kl() if config.compile else kl_per_position
 
     def train_step(idx: list[int]) -> torch.Tensor:
-        kl = batch_kl(student, [s_train[j] for j in idx], [train_g[j] for j in idx],
-                      [teacher_train[j] for j in idx], pad, config.compute_dtype,
-                      share_prefix=not compiled, kl_fn=kl_fn)
+        out = batch_kl(student, [s_train[j] for j in idx], [train_g[j] for j in idx],
+                       [teacher_train[j] for j in idx], pad, config.compute_dtype,
+                       share_prefix=not compiled, kl_fn=kl_fn,
+                       teacher_hidden=None if teacher_hidden is None else [teacher_hidden[j] for j in idx])
+        kl, hid = out if teacher_hidden is not None else (out, None)
         loss = kl if weights is None else kl * torch.cat([weights[j] for j in idx])
+        if hid is not None:
+            loss = loss + config.hidden_loss * hid
         (loss.sum() / batch_tokens).backward()
         return kl.detach()
 

@@ -53,6 +53,9 @@ class BakeConfig:
     # weight of cross-entropy on the teacher's greedy token at every answer position of a question
     # about one line (probe, self, replay), as a sharpened target: (1 - w) * KL + w * CE (0: pure KL)
     answer_ce: float = 0.0
+    # Deep Context Distillation (arXiv 2503.08727): + this x the per-layer hidden-state L1 to the
+    # teacher, normalised by the teacher's norm, at every trained position (0: KL only)
+    hidden_loss: float = 0.0
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
@@ -81,7 +84,7 @@ class BakeConfig:
         for name in ("generic_contexts", "self_questions", "min_steps", "anchors", "replay", "replay_max"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        for name in ("alpha", "answer_ce", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
+        for name in ("alpha", "answer_ce", "hidden_loss", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
             if not _is_number(getattr(self, name)):
                 raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
         for name in ("probe_questions", "focused_teachers", "compile", "checkpoints"):
@@ -91,6 +94,8 @@ class BakeConfig:
             raise ConfigError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if not (0 <= self.answer_ce < 1):
             raise ConfigError(f"answer_ce must be in [0, 1), got {self.answer_ce!r}")
+        if self.hidden_loss < 0:
+            raise ConfigError(f"hidden_loss must be >= 0, got {self.hidden_loss!r}")
         if not (0 <= self.lora_dropout < 1):
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not (self.lr > 0):

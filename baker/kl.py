@@ -54,23 +54,30 @@ def gen_positions(ctx_lens: list[int], gen_lens: list[int]):
     return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
 
 
-def logits_at(model, ids, mask, rows, cols, past=None):
-    """Logits (N, V) at the given positions only."""
+def logits_at(model, ids, mask, rows, cols, past=None, layers: bool = False):
+    """Logits (N, V) at the given positions only; with `layers`, also every decoder layer's
+    output there, (N, L, H) (transformers gives the last layer's after the final norm)."""
     lm = causal_lm(model)
     if past is not None:  # the cached prefix is attended to by every row
         mask = torch.cat([torch.ones(ids.shape[0], past.get_seq_length(), dtype=mask.dtype), mask], 1)
-    hidden = lm.model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None)
+    hidden = lm.model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None,
+                      output_hidden_states=layers)
     h = hidden.last_hidden_state[rows, cols]  # (N, H)
-    return lm.lm_head(h)  # (N, V)
+    if not layers:
+        return lm.lm_head(h)  # (N, V)
+    # hidden_states[0] is the embedding, the same token for teacher and student: not compared
+    return lm.lm_head(h), torch.stack([x[rows, cols] for x in hidden.hidden_states[1:]], 1)
 
 
 @torch.inference_mode()
 def sequence_logprobs(model, contexts: list[list[int]], gens: list[list[int]], pad: int,
                       batch_size: int = 16, dtype: str = "float32", store: str = "float16",
-                      share_prefix: bool = True) -> list[torch.Tensor]:
+                      share_prefix: bool = True, layers: bool = False):
     """Full-vocabulary log-probs (len(gen_i), V) of `model` at each generated position of
     context_i + gen_i. The prefix all contexts share (the system prompt) is computed once and its
-    KV cache reused by every batch: the teacher's long prompt is not re-read per trajectory."""
+    KV cache reused by every batch: the teacher's long prompt is not re-read per trajectory.
+    With `layers`, each item is a pair (log-probs, the layers' hidden states (len(gen_i), L, H)),
+    from the same pass, stored in `store` too."""
     p = common_prefix_len(contexts) if share_prefix else 0
     past = None
     lm = causal_lm(model)
@@ -87,8 +94,13 @@ def sequence_logprobs(model, contexts: list[list[int]], gens: list[list[int]], p
             if past is not None:
                 cache = copy.deepcopy(past)
                 cache.batch_repeat_interleave(len(ctx))
-            lp = F.log_softmax(logits_at(model, ids, mask, rows, cols, cache).float(), -1)
-            out += list(lp.to(_DTYPES[store]).split([len(g) for g in gen]))
+            sizes = [len(g) for g in gen]
+            if layers:
+                logits, hid = logits_at(model, ids, mask, rows, cols, cache, layers=True)
+            else:
+                logits, hid = logits_at(model, ids, mask, rows, cols, cache), None
+            lp = list(F.log_softmax(logits.float(), -1).to(_DTYPES[store]).split(sizes))
+            out += lp if hid is None else list(zip(lp, hid.to(_DTYPES[store]).split(sizes)))
     return out
 
 
@@ -111,6 +123,14 @@ def kl_per_position(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor
     return F.kl_div(s, teacher_logprobs.float(), log_target=True, reduction="none").sum(-1)
 
 
+def hidden_l1(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Deep Context Distillation's hidden-state term (Caccia et al. 2025, arXiv 2503.08727): per
+    position, the L1 distance of each layer's hidden state to the teacher's, divided by the
+    teacher's L1 norm there, averaged over layers: (N, L, H) x2 -> (N,)."""
+    s, t = student_hidden.float(), teacher_hidden.float()
+    return ((s - t).abs().sum(-1) / t.abs().sum(-1).clamp_min(1e-6)).mean(-1)
+
+
 def sharpen(teacher_logprobs: torch.Tensor, weight: float) -> torch.Tensor:
     """Log of (1 - weight) * teacher + weight * one-hot(the teacher's most likely token), per
     position: KL(sharpened || student) = (1 - weight) * KL(teacher || student) + weight * the
@@ -122,13 +142,14 @@ def sharpen(teacher_logprobs: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype: str,
-             share_prefix: bool = True, kl_fn=kl_per_position):
+             share_prefix: bool = True, kl_fn=kl_per_position, teacher_hidden: list[torch.Tensor] | None = None):
     """Per-position KL of `model` (student, no prompt) against cached teacher log-probs.
 
     The prefix the batch's contexts share (the chat template's default system turn) is run once
     and its KV cache broadcast to every row; gradients flow back through it, so this equals the
     plain batched forward while skipping (B-1) copies of the prefix. `kl_fn` computes the KL from
-    (student logits, teacher log-probs), e.g. a compiled `kl_per_position`."""
+    (student logits, teacher log-probs), e.g. a compiled `kl_per_position`. With `teacher_hidden`
+    (the teacher's layers at the same positions), returns (KL, `hidden_l1`), both (N,)."""
     p = common_prefix_len(contexts) if share_prefix and len(contexts) > 1 else 0
     ctx = [c[p:] for c in contexts]
     ids, mask = pad_right([c + g for c, g in zip(ctx, gens)], pad)
@@ -138,8 +159,10 @@ def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype
         if p > 0:
             past = causal_lm(model).model(input_ids=torch.tensor([contexts[0][:p]]), use_cache=True).past_key_values
             past.batch_repeat_interleave(len(ctx))
-        logits = logits_at(model, ids, mask, rows, cols, past)
-    return kl_fn(logits, torch.cat(teacher))
+        if teacher_hidden is None:
+            return kl_fn(logits_at(model, ids, mask, rows, cols, past), torch.cat(teacher))
+        logits, hid = logits_at(model, ids, mask, rows, cols, past, layers=True)
+    return kl_fn(logits, torch.cat(teacher)), hidden_l1(hid, torch.cat(teacher_hidden))
 
 
 @torch.inference_mode()

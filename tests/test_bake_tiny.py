@@ -211,7 +211,7 @@ def test_a_bake_writes_its_report_and_bakehouse_report_finds_it(baked, tmp_path)
 @pytest.mark.parametrize("field, value", [
     ("target_modules", "q_proj"), ("target_modules", ["q_proj", 3]), ("lr", "1e-3"), ("rank", True),
     ("epochs", 2.0), ("alpha", None), ("compile", "yes"), ("min_steps", -1), ("replay", -2), ("replay", 1.5), ("replay_max", -1),
-    ("answer_ce", 1.0), ("answer_ce", "0.1"),
+    ("answer_ce", 1.0), ("answer_ce", "0.1"), ("hidden_loss", -0.5), ("hidden_loss", "1"),
 ])
 def test_config_refuses_wrong_types_naming_the_field(field, value):
     from baker import ConfigError
@@ -276,6 +276,19 @@ def test_answer_ce_changes_the_training_not_the_held_out_teacher(tiny_model_dir,
     assert abs(plain.metrics["eval_kl_before"] - sharp.metrics["eval_kl_before"]) < 1e-5
     a = load_file(plain.adapter_dir / "adapter_model.safetensors")
     b = load_file(sharp.adapter_dir / "adapter_model.safetensors")
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_hidden_loss_changes_the_training_not_the_held_out_teacher(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = FAST.replace(epochs=1, generic_contexts=2, self_questions=0, checkpoints=False)
+    plain = bake(tiny_model_dir, NEWS, tmp_path / "kl", cfg, progress=False)
+    dcd = bake(tiny_model_dir, NEWS, tmp_path / "dcd", cfg.replace(hidden_loss=1.0), progress=False)
+    assert dcd.metrics["config"]["hidden_loss"] == 1.0
+    assert abs(plain.metrics["eval_kl_before"] - dcd.metrics["eval_kl_before"]) < 1e-5
+    a = load_file(plain.adapter_dir / "adapter_model.safetensors")
+    b = load_file(dcd.adapter_dir / "adapter_model.safetensors")
     assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 

@@ -165,3 +165,54 @@ def test_sharpened_target_is_kl_plus_cross_entropy_on_the_greedy_token():
     diff_b = kl_per_position(b, target) - mixed(b)
     assert torch.allclose(diff_a, diff_b, atol=1e-4)  # the same constant for any student
     assert not torch.allclose(kl_per_position(a, target), kl_per_position(a, teacher), atol=1e-3)
+
+
+def test_hidden_state_term_is_zero_for_the_same_context_and_positive_with_a_prompt(tiny):
+    """DCD's term (`hidden_l1`): the student's layers against the teacher's at the same generated
+    positions, cached from the teacher's log-prob pass."""
+    model, tok = tiny
+    s_ctx, gens = _data(tok, None)
+    t_ctx, _ = _data(tok, "You are a pirate. Always talk about the sea and ships.")
+    n_layers = model.config.num_hidden_layers
+    for ctx, zero in ((s_ctx, True), (t_ctx, False)):
+        pairs = sequence_logprobs(model, ctx, gens, tok.pad_token_id, store="float32", layers=True)
+        teacher, hidden = map(list, zip(*pairs))
+        assert [h.shape for h in hidden] == [(len(g), n_layers, model.config.hidden_size) for g in gens]
+        # the same log-probs as the pass without layers
+        plain = sequence_logprobs(model, ctx, gens, tok.pad_token_id, store="float32")
+        for a, b in zip(teacher, plain):
+            torch.testing.assert_close(a, b)
+        kl, hid = batch_kl(model, s_ctx, gens, teacher, tok.pad_token_id, "float32", teacher_hidden=hidden)
+        assert hid.shape == kl.shape == (sum(map(len, gens)),)
+        hid = hid.detach()
+        assert (float(hid.abs().max()) < 1e-4) == zero
+        assert zero or float(hid.min()) > 1e-3
+
+
+def test_compiled_step_with_the_hidden_state_term_matches_eager(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from baker.compiling import compile_layers, compiled_kl, uncompile
+
+    model, tok = load_model(tiny_model_dir, attn_implementation="eager")
+    t_ctx, gens = _data(tok, "Be a pirate.")
+    s_ctx, _ = _data(tok, None)
+    teacher, hidden = map(list, zip(*sequence_logprobs(model, t_ctx, gens, tok.pad_token_id,
+                                                        store="float32", layers=True)))
+    student = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"],
+                                               init_lora_weights=False))
+
+    def step(**kw):
+        kl, hid = batch_kl(student, s_ctx, gens, teacher, tok.pad_token_id, "float32", teacher_hidden=hidden, **kw)
+        (kl + hid).sum().backward()
+        out = hid.detach(), [p.grad.clone() for p in student.parameters() if p.requires_grad]
+        student.zero_grad()
+        return out
+
+    ref = step()
+    layers = compile_layers(student)
+    got = step(share_prefix=False, kl_fn=compiled_kl())
+    uncompile(layers)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
