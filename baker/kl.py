@@ -160,9 +160,12 @@ def batch_kl(model, contexts, gens, teacher: list[torch.Tensor], pad: int, dtype
             past = causal_lm(model).model(input_ids=torch.tensor([contexts[0][:p]]), use_cache=True).past_key_values
             past.batch_repeat_interleave(len(ctx))
         if teacher_hidden is None:
-            return kl_fn(logits_at(model, ids, mask, rows, cols, past), torch.cat(teacher))
-        logits, hid = logits_at(model, ids, mask, rows, cols, past, layers=True)
-    return kl_fn(logits, torch.cat(teacher)), hidden_l1(hid, torch.cat(teacher_hidden))
+            logits = logits_at(model, ids, mask, rows, cols, past)
+        else:
+            logits, hid = logits_at(model, ids, mask, rows, cols, past, layers=True)
+    # outside autocast: CPU autocast refuses float16 inputs (the teacher cache) to cat and friends
+    kl = kl_fn(logits, torch.cat(teacher))
+    return kl if teacher_hidden is None else (kl, hidden_l1(hid, torch.cat(teacher_hidden)))
 
 
 @torch.inference_mode()

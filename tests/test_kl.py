@@ -51,6 +51,22 @@ def test_kl_is_positive_with_a_prompt(tiny):
     assert mean_kl(model, s_ctx, gens, teacher, tok.pad_token_id, "float32") > 1e-4
 
 
+@pytest.mark.parametrize("layers", [False, True])
+def test_bfloat16_student_scores_a_float16_teacher_cache(tiny, layers):
+    # a bake on bf16 hardware: the student runs under bfloat16 autocast, the teacher cache is float16
+    # (the default teacher_cache_dtype); CPU autocast refuses float16 tensors inside its region
+    model, tok = tiny
+    t_ctx, gens = _data(tok, "You are a pirate. Always talk about the sea and ships.")
+    s_ctx, _ = _data(tok, None)
+    cached = sequence_logprobs(model, t_ctx, gens, tok.pad_token_id, store="float16", layers=layers)
+    teacher = [c[0] for c in cached] if layers else cached
+    hidden = [c[1] for c in cached] if layers else None
+    out = batch_kl(model, s_ctx, gens, teacher, tok.pad_token_id, "bfloat16", teacher_hidden=hidden)
+    kl, hid = out if layers else (out, None)
+    assert kl.shape == (sum(map(len, gens)),) and float(kl.mean()) > 1e-4
+    assert hid is None or float(hid.mean()) > 0
+
+
 def test_shared_prefix_cache_matches_plain_forward(tiny):
     model, tok = tiny
     ctx, gens = _data(tok, "A long system prompt. " * 20)
