@@ -116,6 +116,7 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self.transcripts = Transcripts()  # what each conversation has queued (episodes.py)
         self._recording: set[asyncio.Task] = set()  # episode writes under way
+        self._last_write: asyncio.Task | None = None  # writes run one after another, in turn order
         self._status_written = 0.0
         self._status_dirty = True  # routes changed: write gateway.json on the next tick
 
@@ -503,12 +504,16 @@ class Gateway:
             log.exception("tenant %s: a conversation turn was not recorded", tenant)
             return
         task = asyncio.create_task(self._write_episode(tenant, conv, start, messages[start:], version,
-                                                       undo=(digests, previous)))
+                                                       undo=(digests, previous), after=self._last_write))
+        self._last_write = task
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
     async def _write_episode(self, tenant: str, conv: str, start: int, messages: list[dict], version: str,
-                             undo: tuple) -> None:
+                             undo: tuple, after: asyncio.Task | None) -> None:
+        if after is not None:  # the previous turn's line first: the runtime reads "from" in order
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(after)
         try:
             await asyncio.to_thread(append_episode, self.home, tenant, conv, start, messages, version)
             return

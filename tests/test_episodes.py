@@ -117,6 +117,24 @@ def test_each_turn_is_queued_once_without_the_hot_prompt(gw, home):
     assert second["messages"][0]["at"] <= second["messages"][1]["at"]
 
 
+def test_turns_are_queued_in_order_when_an_earlier_write_is_slow(gw, home, monkeypatch):
+    """The runtime reads `from` in queue order: a later turn written first would hide the earlier."""
+    import serving.gateway as gateway_module
+
+    def slow_first(home_, tenant, conv, start, messages, version):
+        if start == 0:
+            time.sleep(0.5)
+        return append_episode(home_, tenant, conv, start, messages, version)
+
+    monkeypatch.setattr(gateway_module, "append_episode", slow_first)
+    client, _, keys, _ = gw
+    history = [{"role": "user", "content": "hi"}]
+    assert _chat(client, keys["alice"], history, conv="c2").status_code == 200
+    history += [{"role": "assistant", "content": "echo: hi"}, {"role": "user", "content": "more"}]
+    assert _chat(client, keys["alice"], history, conv="c2").status_code == 200
+    assert [r["from"] for r in _queued(home, 2)] == [0, 2]
+
+
 def test_without_a_header_the_conversation_id_is_derived_from_tenant_and_first_message(gw, home):
     client, _, keys, _ = gw
     _chat(client, keys["alice"], [{"role": "user", "content": "plan my trip"}])
