@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (SOURCES, Context, anchor_questions, behaviour_lines, clean_self_questions, focus_prompt,
+from .contexts import (SOURCES, Context, behaviour_lines, choose_anchors, clean_self_questions, focus_prompt,
                        generic_requests, prompt_items, question_request, replay_probes, span_probes, split, without)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
@@ -136,8 +136,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     # unrelated questions, answered as the model without the prompt answers them: for knowledge
     # only; a persona or an instruction is meant to change the answer to every question
     if config.anchors and not behaviour_lines(prompt):
-        anchors = anchor_questions()
-        contexts += [Context(q, "anchor") for q in rng.sample(anchors, min(config.anchors, len(anchors)))]
+        contexts += [Context(q, "anchor") for q in choose_anchors(config.anchors, config.anchor_facts, rng)]
     if config.probe_questions:
         contexts += [Context(q, "probe", item, span) for q, item, span in span_probes(prompt, config.question_forms)]
     if config.replay and replay_prompt and replay_prompt.strip():

@@ -43,6 +43,7 @@ class BakeConfig:
     focused_teachers: bool = True  # a question about one line is answered by a teacher seeing that line
     anchors: int = 32  # unrelated questions whose target is the model without the prompt (against
     # drift); only for prompts of knowledge: none when the prompt has a persona or instruction line
+    anchor_facts: float = 0.0  # share of the anchors that are short factual questions (data/anchor_facts.txt)
     # sequential baking: per line of the earlier layers' memories (`bake(replay_prompt=...)`), this
     # many of its probe questions again, answered by the stack with that line in view
     replay: int = 6
@@ -84,7 +85,7 @@ class BakeConfig:
         for name in ("generic_contexts", "self_questions", "min_steps", "anchors", "replay", "replay_max"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        for name in ("alpha", "answer_ce", "hidden_loss", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
+        for name in ("alpha", "anchor_facts", "answer_ce", "hidden_loss", "lora_dropout", "lr", "lr_b_ratio", "temperature", "heldout_fraction", "max_grad_norm"):
             if not _is_number(getattr(self, name)):
                 raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
         for name in ("probe_questions", "focused_teachers", "compile", "checkpoints"):
@@ -94,6 +95,8 @@ class BakeConfig:
             raise ConfigError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if not (0 <= self.answer_ce < 1):
             raise ConfigError(f"answer_ce must be in [0, 1), got {self.answer_ce!r}")
+        if not (0 <= self.anchor_facts <= 1):
+            raise ConfigError(f"anchor_facts must be in [0, 1], got {self.anchor_facts!r}")
         if self.hidden_loss < 0:
             raise ConfigError(f"hidden_loss must be >= 0, got {self.hidden_loss!r}")
         if not (0 <= self.lora_dropout < 1):

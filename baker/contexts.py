@@ -110,6 +110,22 @@ def anchor_questions() -> list[str]:
     return _shipped("anchor_questions.txt")
 
 
+def anchor_facts() -> list[str]:
+    """Short factual anchors, of the general set's kinds but none of its items (config.anchor_facts)."""
+    return _shipped("anchor_facts.txt")
+
+
+def choose_anchors(n: int, facts_share: float, rng) -> list[str]:
+    """`n` anchor questions, round(n * facts_share) of them short factual ones (as many as shipped)."""
+    n_facts = round(n * facts_share)
+    open_ = anchor_questions()
+    chosen = rng.sample(open_, min(n - n_facts, len(open_)))
+    if n_facts:
+        facts = anchor_facts()
+        chosen += rng.sample(facts, min(n_facts, len(facts)))
+    return chosen
+
+
 def _shipped(name: str) -> list[str]:
     raw = resources.files("baker").joinpath("data", name).read_text()
     return [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]

@@ -10,7 +10,7 @@ from baker import BakeConfig, ConfigError
     ("alpha", -1.0), ("temperature", 0.0), ("heldout_fraction", 1.0), ("heldout_fraction", 0.0),
     ("generic_contexts", -1), ("sampler", "tpu"), ("compute_dtype", "int8"), ("target_modules", ()),
     ("teacher_cache_dtype", "int4"), ("epochs", 2.5), ("lr_b_ratio", 0.0), ("lora_dropout", 1.0),
-    ("lora_dropout", -0.1),
+    ("lora_dropout", -0.1), ("anchor_facts", 1.5), ("anchor_facts", -0.1), ("anchor_facts", "half"),
 ])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ConfigError) as e:

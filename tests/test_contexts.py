@@ -145,3 +145,21 @@ def test_replay_shares_its_limit_evenly_over_the_earlier_lines():
     assert len(capped) == 6 and per_line(capped) == [1, 1, 2, 2]  # evenly, not the first lines' all
     assert len({c.text for c in capped}) == 6 and all(c.source == "replay" for c in capped)
     assert replay_probes(prompt, 3, random.Random(0), limit=12) == every  # a limit above the total changes nothing
+
+
+def test_anchors_keep_their_share_of_short_facts_and_none_is_a_general_question():
+    import json
+    import random
+    from importlib import resources
+
+    from baker.contexts import anchor_facts, anchor_questions, choose_anchors
+    general = {json.loads(line)["q"] for line in
+               resources.files("baker").joinpath("data", "general_questions.jsonl").read_text().splitlines() if line}
+    facts, open_ = anchor_facts(), anchor_questions()
+    assert len(facts) >= 50 and len(set(facts)) == len(facts)
+    assert not general & (set(facts) | set(open_))  # the general set stays held out
+    # share 0: exactly the sample the open set always gave (seeded bakes stay reproducible)
+    assert choose_anchors(12, 0.0, random.Random(3)) == random.Random(3).sample(open_, 12)
+    mixed = choose_anchors(12, 0.5, random.Random(3))
+    assert len(mixed) == len(set(mixed)) == 12 and sum(q in facts for q in mixed) == 6
+    assert sum(q in facts for q in choose_anchors(500, 1.0, random.Random(0))) == len(facts)  # as many as shipped
