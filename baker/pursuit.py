@@ -18,11 +18,16 @@ KIND = "prompt-pursuit"
 
 
 def pursue(model_dir, prompt: str, out_dir: str | os.PathLike, rounds: int = 2,
-           config: BakeConfig | None = None, progress: bool = True, force: bool = False) -> list[BakeResult]:
+           config: BakeConfig | None = None, progress: bool = True, force: bool = False,
+           parent: str | os.PathLike | None = None, **bake_kwargs) -> list[BakeResult]:
     """Run `rounds` rounds; `out_dir` gets the stack of all layers (one adapter, rank = Σ r),
     `layers/round-K/` for each layer (with its own bake.json) and `pursuit.json`. An existing
     `out_dir` is replaced only if it is a pursuit bakehouse wrote (another kind only with `force`);
-    anything else is refused before the first round."""
+    anything else is refused before the first round.
+
+    With `parent` (an adapter the rounds are baked on, as a sequential bake's) every round's
+    teacher and student start from the parent plus the rounds before; `out_dir` holds the rounds
+    only, not the parent. `bake_kwargs` go to every round's `bake` (exclude_contexts, replay_prompt)."""
     if not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
     config = config or BakeConfig()
@@ -32,11 +37,12 @@ def pursue(model_dir, prompt: str, out_dir: str | os.PathLike, rounds: int = 2,
     try:
         layers: list[Path] = []
         for k in range(1, rounds + 1):
-            parent = None
-            if layers:
-                parent = layers[0] if len(layers) == 1 else stack_adapters(layers, work / f"stack-{k}")
+            below = ([Path(parent)] if parent is not None else []) + layers
+            base = None
+            if below:
+                base = below[0] if len(below) == 1 else stack_adapters(below, work / f"stack-{k}")
             r = bake(model_dir, prompt, work / "final" / "layers" / f"round-{k}",
-                     config.replace(seed=config.seed + k - 1), progress=progress, parent=parent)
+                     config.replace(seed=config.seed + k - 1), progress=progress, parent=base, **bake_kwargs)
             layers.append(r.adapter_dir)
             results.append(r)
         stack = stack_adapters(layers, work / "stack")

@@ -273,6 +273,42 @@ def test_a_layer_on_the_served_stack_replays_the_memories_it_rechecks(tiny_model
     assert not {p.question for p in verification_probes(7, earlier["text"])} & {r["context"] for r in rows}
 
 
+def test_a_pursuit_bake_stacks_its_rounds_into_one_layer_on_the_served_stack(tiny_model_dir, tmp_path):
+    from agent.runtime import worker
+
+    parent = make_adapter(tiny_model_dir, tmp_path / "served", r=4, targets=("q_proj", "k_proj", "v_proj", "o_proj",
+                                                                             "gate_proj", "up_proj", "down_proj"))
+    earlier = {"id": 7, "kind": "headline", "text": "Port authority of Velmora names Ines Tarrago as harbor commissioner.",
+               "valid_from": "2026-11-02"}
+    spec = {"model_dir": str(tiny_model_dir), "out_dir": str(tmp_path / "job"), "parent": str(parent),
+            "config": TINY_BAKE | {"replay": 2, "sampler": "hf"}, "sampler": "hf", "forgotten": [],
+            "pursuit_rounds": 2,
+            "memories": [{"id": 8, "kind": "fact", "text": "The Lumen Bridge in Caldera reopened after 14 months.",
+                          "valid_from": ""}],
+            "recheck": [earlier]}
+    result = worker.run(spec)
+    layer = tmp_path / "job" / "layer"
+    assert len(json.loads((layer / "pursuit.json").read_text())["rounds"]) == 2
+    assert json.loads((layer / "adapter_config.json").read_text())["r"] == 2 * TINY_BAKE["rank"]  # both rounds
+    rounds = [json.loads((layer / "layers" / f"round-{k}" / "bake.json").read_text()) for k in (1, 2)]
+    # round 1 starts from the served stack, round 2 from the served stack and round 1
+    assert rounds[0]["parent"]["path"] == str(parent.resolve())
+    assert rounds[1]["parent"]["sha256"] != rounds[0]["parent"]["sha256"]
+    assert all(r["contexts"]["replay"] == 2 for r in rounds)  # each round replays what the stack held
+    assert {i["item_id"] for i in result["verify"]["items"]} == {7, 8}
+    cand = json.loads((tmp_path / "job" / "stack" / "adapter_config.json").read_text())
+    assert cand["r"] == 4 + 2 * TINY_BAKE["rank"]  # what is published: the served stack and the new layer
+
+
+def test_pursuit_rounds_that_would_overflow_the_rank_are_refused(home, tiny_model_dir):
+    cfg = RuntimeConfig(home=home, model_dir=tiny_model_dir, max_lora_rank=16, pursuit_rounds=5,
+                        bake_overrides=TINY_BAKE)  # 5 rounds of rank 4
+    with MemoryStore.in_home(home) as store, pytest.raises(ValueError, match="pursuit"):
+        Learner(cfg, store, idle_for=lambda: 0.0)
+    with pytest.raises(ValueError, match="pursuit_rounds"):
+        RuntimeConfig(home=home, model_dir=tiny_model_dir, pursuit_rounds=0)
+
+
 def test_a_restart_requeues_the_interrupted_job_and_sweeps_its_scratch(home, tiny_model_dir):
     cfg = RuntimeConfig(home=home, model_dir=tiny_model_dir, idle_seconds=0, sampler="hf", bake_overrides=TINY_BAKE)
     with MemoryStore.in_home(home) as store:

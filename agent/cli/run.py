@@ -46,6 +46,8 @@ from . import cli, domain_errors, home_option
               help="Share of the earlier graduated memories a new version must still hold.")
 @click.option("--graduation", default="majority", show_default=True, type=click.Choice(list(RULES)),
               help="When a memory leaves the prompt: " + "; ".join(f"{k}: {v}" for k, v in RULES.items()) + ".")
+@click.option("--pursuit-rounds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Bake by Prompt Pursuit: this many rounds per bake, stacked into one layer.")
 @click.option("--min-steps", default=0, show_default=True,
               help="Optimiser steps a bake takes at least (a bake of a few memories gets more epochs).")
 @click.option("--admin-key", default=None, envvar="BAKEHOUSE_ADMIN_KEY",
@@ -56,7 +58,7 @@ from . import cli, domain_errors, home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
 def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, episode_idle, min_batch, max_wait, max_batch,
         max_tries, max_lora_rank, max_layers, epochs, bake_config, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
-        graduation, min_steps, admin_key, log_format, home):
+        graduation, pursuit_rounds, min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
     baked into a new LoRA layer in idle time, verified, and swapped in.
 
@@ -98,7 +100,7 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, episode_i
                         max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
                         concurrent_bakes=concurrent_bakes,
                         kv_cache_gib=kv_cache_gib, gate_general=gate_general, gate_recheck=gate_recheck,
-                        graduation=graduation, bake_overrides=overrides)
+                        graduation=graduation, pursuit_rounds=pursuit_rounds, bake_overrides=overrides)
     click.echo(f"bakehouse run: gateway on http://{host}:{port}, base model {cfg.model_dir.name}; "
                f"logs in {log_path.parent}")
     from ..runtime.page import ensure_admin_key

@@ -32,6 +32,7 @@ class RuntimeConfig:
     tick_seconds: float = 1.0  # planner period
     hot_seconds: float = 0.25  # how often the hot tier looks for new memories
     bake_overrides: dict = field(default_factory=dict)  # BakeConfig fields for every bake
+    pursuit_rounds: int = 1  # > 1: every bake is Prompt Pursuit of this many rounds, stacked into one layer
     max_loras: int = 8
     kv_cache_gib: float = 1.0
     max_model_len: int = 2048
@@ -40,7 +41,7 @@ class RuntimeConfig:
     def __post_init__(self):
         self.home, self.model_dir = Path(self.home), Path(self.model_dir)
         for name in ("hot_budget", "min_batch", "max_batch", "max_tries", "max_layers", "concurrent_bakes",
-                     "summary_tries"):
+                     "summary_tries", "pursuit_rounds"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("idle_seconds", "max_wait", "retry_after_failure", "feed_minutes"):

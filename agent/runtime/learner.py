@@ -36,8 +36,12 @@ class Learner:
         self.registry = Registry(cfg.home)
         self.hot = HotTier(cfg.home, store, cfg.hot_budget, count_tokens)
         self.bake_config = BakeConfig.from_dict({"sampler": cfg.sampler, **cfg.bake_overrides})
+        layer_rank = self.bake_config.rank * cfg.pursuit_rounds  # a pursuit's rounds make one layer
+        if layer_rank > cfg.max_lora_rank:
+            raise ValueError(f"a layer of rank {self.bake_config.rank} x {cfg.pursuit_rounds} pursuit round(s) "
+                             f"exceeds max_lora_rank {cfg.max_lora_rank}")
         self.limits = Limits(idle_seconds=cfg.idle_seconds, min_batch=cfg.min_batch, max_wait=cfg.max_wait,
-                             max_batch=cfg.max_batch, max_tries=cfg.max_tries, layer_rank=self.bake_config.rank,
+                             max_batch=cfg.max_batch, max_tries=cfg.max_tries, layer_rank=layer_rank,
                              max_lora_rank=cfg.max_lora_rank, max_layers=cfg.max_layers,
                              retry_after_failure=cfg.retry_after_failure)
         self.procs: dict[str, BakeProcess] = {}  # tenant -> its running bake (one per tenant)
@@ -166,6 +170,7 @@ class Learner:
             "config": self.bake_config.to_dict(),
             "sampler": self.cfg.sampler,
             "rule": self.cfg.graduation,
+            "pursuit_rounds": self.cfg.pursuit_rounds,
             "memories": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in mems],
             "recheck": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in recheck],
             "forgotten": [{"id": m.id, "text": m.text} for m in self._invalid_ever_held(job.tenant)],

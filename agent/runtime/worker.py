@@ -64,8 +64,15 @@ def run(spec: dict) -> dict:
     held_out = [p.question for m in memories + spec["recheck"] for p in probes[m["id"]]]
     config = BakeConfig.from_dict(spec.get("config") or {})
     replay = bake_prompt(spec["recheck"]) if spec.get("parent") and spec["recheck"] else None
-    result = bake(spec["model_dir"], bake_prompt(memories), out / "layer", config, progress=True,
-                  parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay)
+    rounds = int(spec.get("pursuit_rounds", 1))
+    if rounds > 1:  # Prompt Pursuit: the rounds, each on the stack below it, stacked into one layer
+        from baker.pursuit import pursue
+
+        result = pursue(spec["model_dir"], bake_prompt(memories), out / "layer", rounds, config, progress=True,
+                        parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay)[-1]
+    else:
+        result = bake(spec["model_dir"], bake_prompt(memories), out / "layer", config, progress=True,
+                      parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay)
     t_bake = time.perf_counter() - t0
     candidate = out / "layer"
     if spec.get("parent"):
