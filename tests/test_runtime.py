@@ -248,11 +248,8 @@ def test_consolidation_replaces_the_stack_when_it_would_exceed_the_rank(learner,
     assert spec["parent"] is None and spec["recheck"] == []
 
 
-def test_a_layer_on_the_served_stack_replays_the_memories_it_rechecks(tiny_model_dir, tmp_path):
-    from agent.runtime import worker
-    from baker.contexts import probe_questions
-    from baker.verify import verification_probes
-
+def _layer_spec(tiny_model_dir, tmp_path, **extra):
+    """A worker spec: one new memory baked on a served rank-4 stack that holds `earlier` (rechecked)."""
     parent = make_adapter(tiny_model_dir, tmp_path / "served", r=4, targets=("q_proj", "k_proj", "v_proj", "o_proj",
                                                                              "gate_proj", "up_proj", "down_proj"))
     earlier = {"id": 7, "kind": "headline", "text": "Port authority of Velmora names Ines Tarrago as harbor commissioner.",
@@ -261,7 +258,16 @@ def test_a_layer_on_the_served_stack_replays_the_memories_it_rechecks(tiny_model
             "config": TINY_BAKE | {"replay": 2, "sampler": "hf"}, "sampler": "hf", "forgotten": [],
             "memories": [{"id": 8, "kind": "fact", "text": "The Lumen Bridge in Caldera reopened after 14 months.",
                           "valid_from": ""}],
-            "recheck": [earlier]}
+            "recheck": [earlier], **extra}
+    return spec, parent, earlier
+
+
+def test_a_layer_on_the_served_stack_replays_the_memories_it_rechecks(tiny_model_dir, tmp_path):
+    from agent.runtime import worker
+    from baker.contexts import probe_questions
+    from baker.verify import verification_probes
+
+    spec, parent, earlier = _layer_spec(tiny_model_dir, tmp_path)
     result = worker.run(spec)
     assert {i["item_id"] for i in result["verify"]["items"]} == {7, 8}  # the earlier memory is rechecked
     layer = tmp_path / "job" / "layer"
@@ -276,16 +282,7 @@ def test_a_layer_on_the_served_stack_replays_the_memories_it_rechecks(tiny_model
 def test_a_pursuit_bake_stacks_its_rounds_into_one_layer_on_the_served_stack(tiny_model_dir, tmp_path):
     from agent.runtime import worker
 
-    parent = make_adapter(tiny_model_dir, tmp_path / "served", r=4, targets=("q_proj", "k_proj", "v_proj", "o_proj",
-                                                                             "gate_proj", "up_proj", "down_proj"))
-    earlier = {"id": 7, "kind": "headline", "text": "Port authority of Velmora names Ines Tarrago as harbor commissioner.",
-               "valid_from": "2026-11-02"}
-    spec = {"model_dir": str(tiny_model_dir), "out_dir": str(tmp_path / "job"), "parent": str(parent),
-            "config": TINY_BAKE | {"replay": 2, "sampler": "hf"}, "sampler": "hf", "forgotten": [],
-            "pursuit_rounds": 2,
-            "memories": [{"id": 8, "kind": "fact", "text": "The Lumen Bridge in Caldera reopened after 14 months.",
-                          "valid_from": ""}],
-            "recheck": [earlier]}
+    spec, parent, _ = _layer_spec(tiny_model_dir, tmp_path, pursuit_rounds=2)
     result = worker.run(spec)
     layer = tmp_path / "job" / "layer"
     assert len(json.loads((layer / "pursuit.json").read_text())["rounds"]) == 2
