@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (SOURCES, Context, behaviour_lines, choose_anchors, clean_self_questions, focus_prompt,
-                       generic_requests, prompt_items, question_request, replay_probes, span_probes, split, without)
+from .contexts import (REQUEST_TEMPERATURE, SOURCES, Context, behaviour_lines, choose_anchors, clean_self_questions,
+                       focus_prompt, generic_requests, prompt_items, question_request, replay_probes, span_probes,
+                       split, without)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
@@ -151,14 +152,17 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
                            max_model_len=min(max_len, max(need_len, 512)), dtype=config.compute_dtype)
     try:
         items = [i for i in prompt_items(prompt) if len(i.split()) >= 4]
-        if config.self_questions and items:  # per prompt line, questions the model writes about it
+        if config.self_questions and items:  # per prompt line, requests the model writes about it
             bar.phase("questions")
-            reqs = [tok(question_request(i), add_special_tokens=False)["input_ids"] for i in items]
-            texts = sampler.generate(reqs, max_new_tokens=32, temperature=0.8, n=config.self_questions)
-            n = config.self_questions
-            for j, item in enumerate(items):
-                decoded = [tok.decode(g, skip_special_tokens=True) for g in texts[j * n:(j + 1) * n]]
-                contexts += [Context(q, "self", item) for q in clean_self_questions(decoded, item)]
+            n = math.ceil(config.self_questions / len(config.self_kinds))  # samples per line and kind
+            for kind in config.self_kinds:
+                reqs = [tok(question_request(i, kind), add_special_tokens=False)["input_ids"] for i in items]
+                texts = sampler.generate(reqs, max_new_tokens=32, n=n,
+                                         temperature=0.8 if kind == "question" else REQUEST_TEMPERATURE)
+                for j, item in enumerate(items):
+                    decoded = [tok.decode(g, skip_special_tokens=True) for g in texts[j * n:(j + 1) * n]]
+                    contexts += [Context(q, "self", item)
+                                 for q in clean_self_questions(decoded, item, requests=kind != "question")]
             contexts = list({c.text: c for c in contexts}.values())  # a question may repeat a probe
         if exclude_contexts:  # questions kept for a verifier: never trained on, never evaluated
             contexts = without(contexts, exclude_contexts)

@@ -13,6 +13,7 @@ _DTYPES = ("auto", "float32", "bfloat16")
 LOSS_WEIGHTINGS = ("none", "prompt_kl")
 QUESTION_FORMS = ("tell", "what", "blank", "about", "date")  # see baker/contexts.py
 DEFAULT_FORMS = QUESTION_FORMS
+SELF_KINDS = ("question", "structuring", "summarisation", "use_case", "creative")  # baker/contexts.py
 
 @dataclass
 class BakeConfig:
@@ -37,7 +38,8 @@ class BakeConfig:
     max_new_tokens: int = 48  # tokens per trajectory
     samples_per_context: int = 1  # trajectories sampled per context
     generic_contexts: int = 32  # how many of the shipped generic user requests to use
-    self_questions: int = 6  # questions sampled per prompt line from the model (few-shot)
+    self_questions: int = 6  # requests sampled per prompt line from the model (few-shot), shared over self_kinds
+    self_kinds: tuple[str, ...] = ("question",)  # the kinds of request it writes (SELF_KINDS)
     probe_questions: bool = True  # questions derived from each line of the prompt
     question_forms: tuple[str, ...] = DEFAULT_FORMS  # the forms of probe asked per line (QUESTION_FORMS)
     focused_teachers: bool = True  # a question about one line is answered by a teacher seeing that line
@@ -78,6 +80,13 @@ class BakeConfig:
         self.question_forms = tuple(self.question_forms)
         if unknown := sorted(set(self.question_forms) - set(QUESTION_FORMS)):
             raise ConfigError(f"unknown question form(s) {', '.join(unknown)}; known: {', '.join(QUESTION_FORMS)}")
+        if isinstance(self.self_kinds, str) or not all(isinstance(k, str) for k in self.self_kinds):
+            raise ConfigError(f"self_kinds must be a list of kind names, got {self.self_kinds!r}")
+        self.self_kinds = tuple(self.self_kinds)
+        if unknown := sorted(set(self.self_kinds) - set(SELF_KINDS)):
+            raise ConfigError(f"unknown self_kinds {', '.join(unknown)}; known: {', '.join(SELF_KINDS)}")
+        if self.self_questions and not self.self_kinds:
+            raise ConfigError("self_kinds must name at least one kind (or set self_questions to 0)")
         positive = ("rank", "epochs", "batch_size", "max_new_tokens", "samples_per_context")
         for name in positive:
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
@@ -126,6 +135,7 @@ class BakeConfig:
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
         d["question_forms"] = list(self.question_forms)
+        d["self_kinds"] = list(self.self_kinds)
         return d
 
     @classmethod

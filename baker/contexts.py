@@ -4,7 +4,8 @@ Three sources, so that both style and knowledge are probed:
 1. a shipped generic set of diverse user requests (`data/generic_requests.txt`);
 2. probes derived from each line of the prompt (its opening words; the line as a question with a
    name or number replaced by "what"), which make the teacher recall the line's content;
-3. questions the model writes about each line of the prompt (see `question_request`);
+3. questions (and, with config.self_kinds, other requests) the model writes about each line of the
+   prompt (see `question_request`);
 plus an optional user file (one request per line, or JSONL with a "prompt" field).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .config import DEFAULT_FORMS, QUESTION_FORMS
+from .config import DEFAULT_FORMS, QUESTION_FORMS, SELF_KINDS
 from .errors import BakeError
 
 # Questions about each prompt line, written by the model itself from a few-shot completion (small
@@ -34,10 +35,37 @@ QUESTION_SHOTS = (
 _SHOT_WORDS = {"brenford", "oakhouse", "alvarez", "golden reed", "night rivers", "harlow", "steelworks"}
 
 
-def question_request(item: str) -> str:
-    """A plain-text few-shot prompt whose continuation is a question about `item`."""
-    shots = "".join(f"Sentence: {s}\nQuestion: {q}\n\n" for s, q in QUESTION_SHOTS)
-    return f"{shots}Sentence: {_DATE_PREFIX.sub('', item).strip()}\nQuestion:"
+# Further kinds of request the model writes about each line (config.self_kinds), after the five
+# seed kinds of Cartridges' self-study (arXiv 2506.06266: diverse seeds beat one generic seed):
+# each kind is a few-shot prompt over the same three fictional sentences.
+REQUEST_SHOTS = {
+    "structuring": ("List the facts about the Oakhouse library as bullet points: where, what and who.",
+                    "Put the Golden Reed award into a table: the winner, the album and the prize.",
+                    "Write the closing of the Harlow Steelworks as a short timeline."),
+    "summarisation": ("Summarise the news about the new library in Brenford in one sentence.",
+                      "Give me a one-line summary of what Tom Alvarez won.",
+                      "In a few words, what happened at the Harlow Steelworks?"),
+    "use_case": ("I live in Brenford and love books. Where should I go this weekend?",
+                 "I am writing a music quiz. Give me a question whose answer is Night Rivers.",
+                 "Draft a short note to a friend who worked at the Harlow Steelworks about the news."),
+    "creative": ("Write a two-line poem about the opening of the Oakhouse library.",
+                 "Write a short post congratulating Tom Alvarez on his award.",
+                 "Tell a very short story about the last day at the Harlow Steelworks."),
+}
+REQUEST_TEMPERATURE = 0.6  # Cartridges' T=1 makes the 135M model write off-topic requests
+
+
+def question_request(item: str, kind: str = "question") -> str:
+    """A plain-text few-shot prompt whose continuation is a request of `kind` (SELF_KINDS) about
+    `item`: a question by default."""
+    if kind == "question":
+        shots = "".join(f"Sentence: {s}\nQuestion: {q}\n\n" for s, q in QUESTION_SHOTS)
+        return f"{shots}Sentence: {_DATE_PREFIX.sub('', item).strip()}\nQuestion:"
+    if kind not in REQUEST_SHOTS:
+        raise ValueError(f"unknown kind of self-written request {kind!r}; known: {', '.join(SELF_KINDS)}")
+    sentences = [s for s, _ in QUESTION_SHOTS]
+    shots = "".join(f"Sentence: {s}\nRequest: {r}\n\n" for s, r in zip(sentences, REQUEST_SHOTS[kind]))
+    return f"{shots}Sentence: {_DATE_PREFIX.sub('', item).strip()}\nRequest:"
 
 
 # Per prompt line: one cue with its opening words, so the teacher recites the line ...
@@ -229,18 +257,21 @@ def without(contexts: list[Context], questions) -> list[Context]:
     return [c for c in contexts if c.text not in skip and (c.item, c.span) not in spans]
 
 
-def clean_self_questions(texts: list[str], item: str = "", limit: int | None = None) -> list[str]:
+def clean_self_questions(texts: list[str], item: str = "", limit: int | None = None,
+                         requests: bool = False) -> list[str]:
     """Keep the first question of each generated text; drop empty, overlong and duplicate ones,
     ones that borrow the few-shot examples' names and, given the line `item`, ones that share no
-    word of four letters or more with it."""
+    word of four letters or more with it. With `requests`, a line ending in "." or "!" (an
+    instruction: "Summarise ...", "Write a poem ...") is kept too."""
     words = {w for w in re.findall(r"\w{4,}", item.lower())}
+    ends = ("?", ".", "!") if requests else ("?",)
     seen, out = set(), []
     for text in texts:
         first = text.strip().split("\n")[0].strip().strip('"')
         if "?" in first:
             first = first[: first.index("?") + 1]
         key = first.lower()
-        if not (8 <= len(first) <= 200 and first.endswith("?")) or key in seen:
+        if not (8 <= len(first) <= 200 and first.endswith(ends)) or key in seen:
             continue
         if any(w in key for w in _SHOT_WORDS) or (words and not words & set(re.findall(r"\w{4,}", key))):
             continue

@@ -11,6 +11,7 @@ from baker import BakeConfig, ConfigError
     ("generic_contexts", -1), ("sampler", "tpu"), ("compute_dtype", "int8"), ("target_modules", ()),
     ("teacher_cache_dtype", "int4"), ("epochs", 2.5), ("lr_b_ratio", 0.0), ("lora_dropout", 1.0),
     ("lora_dropout", -0.1), ("anchor_facts", 1.5), ("anchor_facts", -0.1), ("anchor_facts", "half"),
+    ("self_kinds", "question"), ("self_kinds", ("question", "poem")), ("self_kinds", ()),
 ])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ConfigError) as e:
@@ -20,8 +21,9 @@ def test_bad_values_name_the_field(field, value):
 
 
 def test_round_trip_and_unknown_fields(tmp_path):
-    cfg = BakeConfig(rank=4, epochs=2, target_modules=["q_proj"])
-    assert cfg.target_modules == ("q_proj",)
+    cfg = BakeConfig(rank=4, epochs=2, target_modules=["q_proj"], self_kinds=["question", "creative"])
+    assert cfg.target_modules == ("q_proj",) and cfg.self_kinds == ("question", "creative")
+    assert BakeConfig(self_questions=0, self_kinds=()).self_kinds == ()  # nothing written, no kind needed
     assert BakeConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown config field.*ranq"):
         BakeConfig.from_dict({"ranq": 3})

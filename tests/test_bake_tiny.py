@@ -334,3 +334,44 @@ def test_a_sequential_bake_replays_the_earlier_layers_questions_with_their_line_
     # an anchor's teacher (no prompt) is the student itself
     kl = m["eval_kl_by_source"]
     assert kl["replay"]["before"] > 100 * kl["anchor"]["before"]
+
+
+def test_the_model_writes_each_kind_of_request_about_its_line(tiny_model_dir, tmp_path, monkeypatch):
+    from baker.config import SELF_KINDS
+    from baker.contexts import REQUEST_TEMPERATURE
+
+    # the tiny random model writes gibberish, which the cleaning drops: a scripted writer stands in
+    # for it on the few-shot prompts (the point here is what the bake does with what is written)
+    calls = []
+    real_open = bake_mod.open_sampler
+
+    def scripted_open(*args, **kwargs):
+        sampler = real_open(*args, **kwargs)
+        real_generate, tok = sampler.generate, sampler.tok
+
+        def generate(prompts, max_new_tokens, temperature=None, n=1, **kw):
+            texts = [tok.decode(p) for p in prompts]
+            if not all(t.endswith(("Question:", "Request:")) for t in texts):
+                return real_generate(prompts, max_new_tokens, temperature=temperature, n=n, **kw)
+            calls.append((texts[0].rsplit("\n", 1)[-1], temperature, n))
+            ask = "Who is Ines Tarrago of Port Avel, question {k}?" if texts[0].endswith("Question:") else \
+                f"Write story {len(calls)}.{{k}} about Ines Tarrago of Port Avel."
+            return [tok(" " + ask.format(k=k), add_special_tokens=False)["input_ids"] for t in texts for k in range(n)]
+
+        sampler.generate = generate
+        return sampler
+
+    monkeypatch.setattr(bake_mod, "open_sampler", scripted_open)
+    cfg = FAST.replace(epochs=1, generic_contexts=2, self_questions=6, self_kinds=SELF_KINDS, checkpoints=False,
+                       heldout_fraction=0.1)
+    result = bake(tiny_model_dir, NEWS, tmp_path / "kinds", cfg, progress=False)
+    # one few-shot prompt per kind, 6 samples shared over the 5 kinds (2 each); questions at 0.8
+    assert [(c[0], c[2]) for c in calls] == [("Question:", 2)] + [("Request:", 2)] * 4
+    assert [c[1] for c in calls] == [0.8] + [REQUEST_TEMPERATURE] * 4
+    rows = [json.loads(line) for line in (result.adapter_dir / "trajectories.jsonl").read_text().splitlines()]
+    written = {r["context"] for r in rows if r["source"] == "self"}
+    # the second line shares no word with the scripted requests: only the first line's are kept,
+    # each sample its own request (a repeat would be dropped), one kind after another
+    assert written == {f"Who is Ines Tarrago of Port Avel, question {k}?" for k in (0, 1)} | {
+        f"Write story {c}.{k} about Ines Tarrago of Port Avel." for c in (2, 3, 4, 5) for k in (0, 1)}
+    assert result.metrics["contexts"]["self"] == 5 * 2

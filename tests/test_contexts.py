@@ -61,6 +61,30 @@ def test_question_request_ends_with_the_line_after_the_worked_examples():
     assert all(q in req for _, q in QUESTION_SHOTS)
 
 
+def test_each_kind_of_self_written_request_has_its_own_worked_examples():
+    from baker.config import SELF_KINDS
+    from baker.contexts import REQUEST_SHOTS
+
+    assert set(REQUEST_SHOTS) == set(SELF_KINDS) - {"question"}
+    for kind, shots in REQUEST_SHOTS.items():
+        req = question_request(HEADLINE, kind)
+        assert req.endswith("Sentence: Port authority of Velmora names Ines Tarrago as its first harbor "
+                            "commissioner.\nRequest:")
+        assert all(r in req for r in shots) and "Question:" not in req
+    with pytest.raises(ValueError, match="poem"):
+        question_request(HEADLINE, "poem")
+
+
+def test_written_requests_may_be_instructions_questions_may_not():
+    texts = ["Summarise the news about Ines Tarrago in one sentence.\nSentence: more",
+             "Write a poem about the harbor of Velmora!", "Write a poem about the sea.",
+             "Who is Ines Tarrago?"]
+    assert clean_self_questions(texts, HEADLINE, requests=True) == [
+        "Summarise the news about Ines Tarrago in one sentence.", "Write a poem about the harbor of Velmora!",
+        "Who is Ines Tarrago?"]
+    assert clean_self_questions(texts, HEADLINE) == ["Who is Ines Tarrago?"]
+
+
 def test_generated_questions_are_cleaned():
     texts = [" Who is the harbor commissioner of Velmora?\nSentence: more", "Who is Ines Tarrago? And",
              "who is ines tarrago?", "Which album won Tom Alvarez the Golden Reed award?",
