@@ -31,10 +31,8 @@ class BakeConfig:
     batch_size: int = 8  # trajectories per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping
     seed: int = 0  # one seed for context choice, sampling and LoRA init
-    # trajectories, sampled once from the teacher; every position is trained on the full
-    # distribution, the temperature only chooses which prefixes (a 135M teacher at the paper's
-    # T=1-2 mostly invents instead of recalling its prompt)
-    temperature: float = 0.5  # sampling temperature of the teacher
+    # trajectories, sampled once from the teacher; every position is trained on the full distribution
+    temperature: float = 0.5  # the teacher's sampling temperature: it only chooses the prefixes trained on
     max_new_tokens: int = 48  # tokens per trajectory
     samples_per_context: int = 1  # trajectories sampled per context
     generic_contexts: int = 32  # how many of the shipped generic user requests to use
@@ -43,30 +41,18 @@ class BakeConfig:
     probe_questions: bool = True  # questions derived from each line of the prompt
     question_forms: tuple[str, ...] = DEFAULT_FORMS  # the forms of probe asked per line (QUESTION_FORMS)
     focused_teachers: bool = True  # a question about one line is answered by a teacher seeing that line
-    anchors: int = 32  # unrelated questions whose target is the model without the prompt (against
-    # drift); only for prompts of knowledge: none when the prompt has a persona or instruction line
+    anchors: int = 32  # unrelated questions answered as without the prompt (knowledge prompts only)
     anchor_facts: float = 0.0  # share of the anchors that are short factual questions (data/anchor_facts.txt)
-    # sequential baking: per line of the earlier layers' memories (`bake(replay_prompt=...)`), this
-    # many of its probe questions again, answered by the stack with that line in view
-    replay: int = 6
+    replay: int = 6  # sequential bakes: probes asked again per line the parent holds (bake(replay_prompt=))
     replay_max: int = 0  # ... and at most this many replayed questions in all, shared evenly (0: no cap)
-    # "prompt_kl": each trained position weighted by how much the prompt changes it there,
-    # 0.5 + 0.5 * KL(teacher || base) / its mean (positions the prompt does not touch still count)
-    loss_weighting: str = "none"
-    # weight of cross-entropy on the teacher's greedy token at every answer position of a question
-    # about one line (probe, self, replay), as a sharpened target: (1 - w) * KL + w * CE (0: pure KL)
-    answer_ce: float = 0.0
-    # Deep Context Distillation (arXiv 2503.08727): + this x the per-layer hidden-state L1 to the
-    # teacher, normalised by the teacher's norm, at every trained position (0: KL only)
-    hidden_loss: float = 0.0
+    loss_weighting: str = "none"  # "prompt_kl": positions weighted 0.5 + 0.5 * KL(teacher || base) / mean
+    answer_ce: float = 0.0  # w in (1 - w) KL + w CE(teacher's greedy token), on answers about one line
+    hidden_loss: float = 0.0  # + this x DCD's per-layer hidden-state L1 to the teacher (arXiv 2503.08727)
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
     sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
-    # autocast dtype for forward/backward and the sampler's; "auto": bfloat16 where the hardware
-    # computes it natively, float32 elsewhere (baker.models.fast_dtype); a bake saves the one it used
-    compute_dtype: str = "auto"
-    # torch.compile the decoder layers and the KL for training (eager if compilation fails)
-    compile: bool = True
+    compute_dtype: str = "auto"  # "auto": bfloat16 where native, else float32 (baker.models.fast_dtype)
+    compile: bool = True  # torch.compile the decoder layers and the KL for training (eager if it fails)
     teacher_cache_dtype: str = "float16"  # storage of the cached full-vocabulary teacher log-probs
     checkpoints: bool = True  # save an adapter after every epoch (the half-baked models)
 

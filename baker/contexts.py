@@ -52,7 +52,7 @@ REQUEST_SHOTS = {
                  "Write a short post congratulating Tom Alvarez on his award.",
                  "Tell a very short story about the last day at the Harlow Steelworks."),
 }
-REQUEST_TEMPERATURE = 0.6  # Cartridges' T=1 makes the 135M model write off-topic requests
+REQUEST_TEMPERATURE = 0.6  # as Cartridges' self-study writes its seeds' requests ("question" keeps 0.8)
 
 
 def question_request(item: str, kind: str = "question") -> str:
