@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from .chat import chat_ids
 from .config import BakeConfig
-from .contexts import (REQUEST_TEMPERATURE, SOURCES, Context, behaviour_lines, choose_anchors, clean_self_questions,
+from .contexts import (SOURCES, Context, behaviour_lines, choose_anchors, clean_self_questions,
                        focus_prompt, generic_requests, prompt_items, question_request, replay_probes, span_probes,
-                       split, without)
+                       split, without, writing_temperature)
 from .errors import BakeError, PromptError
 from .interrupt import exit_on_sigterm
 from .compiling import compile_failed, compile_layers, compiled_kl, eager, uncompile
@@ -157,8 +157,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
             n = math.ceil(config.self_questions / len(config.self_kinds))  # samples per line and kind
             for kind in config.self_kinds:
                 reqs = [tok(question_request(i, kind), add_special_tokens=False)["input_ids"] for i in items]
-                texts = sampler.generate(reqs, max_new_tokens=32, n=n,
-                                         temperature=0.8 if kind == "question" else REQUEST_TEMPERATURE)
+                texts = sampler.generate(reqs, max_new_tokens=32, n=n, temperature=writing_temperature(kind))
                 for j, item in enumerate(items):
                     decoded = [tok.decode(g, skip_special_tokens=True) for g in texts[j * n:(j + 1) * n]]
                     contexts += [Context(q, "self", item)

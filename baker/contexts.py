@@ -52,20 +52,25 @@ REQUEST_SHOTS = {
                  "Write a short post congratulating Tom Alvarez on his award.",
                  "Tell a very short story about the last day at the Harlow Steelworks."),
 }
-REQUEST_TEMPERATURE = 0.6  # as Cartridges' self-study writes its seeds' requests ("question" keeps 0.8)
+QUESTION_TEMPERATURE = 0.8  # the questions' sampling temperature
+REQUEST_TEMPERATURE = 0.6  # the other kinds', as Cartridges' self-study writes its seeds' requests
+
+
+def writing_temperature(kind: str) -> float:
+    return QUESTION_TEMPERATURE if kind == "question" else REQUEST_TEMPERATURE
 
 
 def question_request(item: str, kind: str = "question") -> str:
     """A plain-text few-shot prompt whose continuation is a request of `kind` (SELF_KINDS) about
     `item`: a question by default."""
     if kind == "question":
-        shots = "".join(f"Sentence: {s}\nQuestion: {q}\n\n" for s, q in QUESTION_SHOTS)
-        return f"{shots}Sentence: {_DATE_PREFIX.sub('', item).strip()}\nQuestion:"
-    if kind not in REQUEST_SHOTS:
+        label, shots = "Question", QUESTION_SHOTS
+    elif kind in REQUEST_SHOTS:
+        label, shots = "Request", zip([s for s, _ in QUESTION_SHOTS], REQUEST_SHOTS[kind])
+    else:
         raise ValueError(f"unknown kind of self-written request {kind!r}; known: {', '.join(SELF_KINDS)}")
-    sentences = [s for s, _ in QUESTION_SHOTS]
-    shots = "".join(f"Sentence: {s}\nRequest: {r}\n\n" for s, r in zip(sentences, REQUEST_SHOTS[kind]))
-    return f"{shots}Sentence: {_DATE_PREFIX.sub('', item).strip()}\nRequest:"
+    worked = "".join(f"Sentence: {s}\n{label}: {r}\n\n" for s, r in shots)
+    return f"{worked}Sentence: {_DATE_PREFIX.sub('', item).strip()}\n{label}:"
 
 
 # Per prompt line: one cue with its opening words, so the teacher recites the line ...
