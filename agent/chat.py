@@ -3,7 +3,7 @@
     from agent.chat import BakehouseChat, remember_tool
     chat = BakehouseChat(tenant="alice")                 # $BAKEHOUSE_URL, $BAKEHOUSE_API_KEY
     msg = chat.invoke("What is my cat called?")
-    msg.response_metadata["bakehouse"]   # {"version": "alice@v3", "hot_tokens": 41, "conversation_id": "..."}
+    msg.response_metadata["bakehouse"]   # {"version": "alice@v3", "hot_tokens": 41, "hot_memories": [7, 12], "conversation_id": "..."}
     msg.usage_metadata["input_token_details"]["hot_tier"]   # 41, already inside input_tokens
     agent_tools = [remember_tool("alice")]               # "remember" stores a fact the user told
     chat.feedback("From now on answer in one sentence.")  # learned as an instruction
@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from memory import MemoryStore, MemoryStoreError
 from memory.store import check_tenant
 from serving.episodes import CONVERSATION_HEADER
-from serving.hot import HOT_TOKENS_HEADER, VERSION_HEADER
+from serving.hot import HOT_MEMORIES_HEADER, HOT_TOKENS_HEADER, VERSION_HEADER
 
 from .home import resolve_home
 
@@ -124,14 +124,16 @@ class BakehouseChat(ChatOpenAI):
     # -- the answer: what served it -----------------------------------------------------------
 
     def _served(self, generation_info: dict | None) -> dict | None:
-        """{"version", "hot_tokens", "conversation_id"} from the answer's headers; None when the
+        """{"version", "hot_tokens", "hot_memories", "conversation_id"} from the answer's headers; None when the
         answer did not come from a bakehouse gateway (no version header)."""
         headers = {k.lower(): v for k, v in ((generation_info or {}).get("headers") or {}).items()}
         version = headers.get(VERSION_HEADER.lower())
         if version is None:
             return None
         hot = headers.get(HOT_TOKENS_HEADER.lower())
+        ids = headers.get(HOT_MEMORIES_HEADER.lower()) or ""
         return {"version": version, "hot_tokens": int(hot) if hot and hot.isdigit() else None,
+                "hot_memories": [int(i) for i in ids.split(",") if i.strip().isdigit()],
                 "conversation_id": self.conversation_id}
 
     def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:

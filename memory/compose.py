@@ -103,6 +103,60 @@ def render(
     )
 
 
+def select(
+    pinned: Sequence[Item],
+    ranked: Sequence[Item],
+    *,
+    top_k: int,
+    budget_tokens: int,
+    pinned_tokens: float | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Prompt:
+    """A request's prompt (memory.retrieval): `pinned` in order while they fit `pinned_tokens`
+    (default: the whole budget), then up to `top_k` of `ranked` (best first) not placed yet, each
+    that fits the budget. Laid out by SECTIONS; inside a section in the order given."""
+    if budget_tokens < 0 or top_k < 0:
+        raise InvalidInput(f"token budget and top-k must be >= 0, got {budget_tokens}, {top_k}")
+    count = count_tokens or approx_tokens
+    chosen: dict[str, list[Item]] = {k: [] for k in SECTIONS}
+    placed: set[int] = set()
+    left_out: list[int] = []
+    used = 0
+
+    def place(it: Item, limit: float) -> bool:
+        nonlocal used
+        header = 0 if chosen[it.kind] else count(("\n" if used else "") + SECTIONS[it.kind] + ":\n")
+        cost = count(_line(it) + "\n") + header
+        if used + cost > limit:
+            return False
+        chosen[it.kind].append(it)
+        placed.add(it.id)
+        used += cost
+        return True
+
+    for it in pinned:
+        if it.kind in chosen and not place(it, budget_tokens if pinned_tokens is None else pinned_tokens):
+            left_out.append(it.id)
+    taken = 0
+    for it in ranked:
+        if taken >= top_k:
+            break
+        if it.id in placed or it.kind not in chosen:
+            continue
+        if place(it, budget_tokens):
+            taken += 1
+        else:
+            left_out.append(it.id)
+    text = _layout(chosen)
+    while count(text) > budget_tokens:  # the pieces did not add up: drop the last placed
+        last_kind = [k for k in SECTIONS if chosen[k]][-1]
+        left_out.append(chosen[last_kind].pop().id)
+        text = _layout(chosen)
+    ids = tuple(it.id for k in SECTIONS for it in chosen[k])
+    return Prompt(text=text, memory_ids=ids, tokens=count(text),
+                  left_out=tuple(dict.fromkeys(i for i in left_out if i not in ids)))
+
+
 def _line(it: Item) -> str:
     body = "\n  ".join(it.text.splitlines())
     return f"- {it.valid_from[:10]}: {body}" if it.kind in DATED else f"- {body}"

@@ -238,3 +238,32 @@ def m007_episode_conversations(db: Database) -> None:
     ALTER TABLE episodes ADD COLUMN summary_error TEXT;                             -- why the last one failed
     CREATE INDEX episodes_by_conversation ON episodes(tenant, conversation_id, id)
     """)
+
+
+@migration
+def m008_memories_fts(db: Database) -> None:
+    """A full-text index of the memories' text (FTS5, Porter stemming), kept in step by triggers.
+
+    The same layout as sqlite-utils' `enable_fts(["text"], create_triggers=True)` (so its
+    `Table.search` works on it), written out here because `enable_fts` runs `executescript`, which
+    would commit this migration's transaction half-way. A memory's text never changes after it is
+    stored, so the update trigger fires on the text only (status and validity live in `memories`
+    and are filtered there)."""
+    _run(db, """
+    CREATE VIRTUAL TABLE [memories_fts] USING FTS5 (
+        [text],
+        tokenize='porter unicode61 remove_diacritics 2',
+        content=[memories]
+    );
+    INSERT INTO [memories_fts] (rowid, [text]) SELECT rowid, [text] FROM [memories];
+    CREATE TRIGGER [memories_ai] AFTER INSERT ON [memories] BEGIN
+      INSERT INTO [memories_fts] (rowid, [text]) VALUES (new.rowid, new.[text]);
+    END;
+    CREATE TRIGGER [memories_ad] AFTER DELETE ON [memories] BEGIN
+      INSERT INTO [memories_fts] ([memories_fts], rowid, [text]) VALUES('delete', old.rowid, old.[text]);
+    END;
+    CREATE TRIGGER [memories_au] AFTER UPDATE OF [text] ON [memories] BEGIN
+      INSERT INTO [memories_fts] ([memories_fts], rowid, [text]) VALUES('delete', old.rowid, old.[text]);
+      INSERT INTO [memories_fts] (rowid, [text]) VALUES (new.rowid, new.[text]);
+    END
+    """)

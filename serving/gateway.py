@@ -10,9 +10,10 @@
   are done. A version vLLM refuses is marked failed in the registry and the pointer falls back.
 - After an engine restart nothing routes (503 + Retry-After) until every tenant's current
   adapter is loaded again.
-- Each forwarded answer says what served it: `X-Bakehouse-Version` (the version name or "base")
-  and `X-Bakehouse-Hot-Tokens` (the hot prompt put before the caller's messages, as counted by the
-  runtime in hot.json; 0 for none, absent when the file has no count).
+- Each request's hot prompt comes from the injected hot-prompt source (hot.py: tenant, served
+  version, messages -> text, tokens, memory ids), asked in a thread of its own, and goes before the
+  caller's messages. Each forwarded answer says what served it: `X-Bakehouse-Version` (the version
+  name or "base"), `X-Bakehouse-Hot-Tokens` (0 for none) and `X-Bakehouse-Hot-Memories` (the ids).
 - Every answered chat completion is queued as a conversation turn for the runtime's episodes
   (episodes.py), after the answer has gone out; a failed write never fails the request.
 """
@@ -26,6 +27,7 @@ import os
 import tempfile
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -57,15 +59,7 @@ from .episodes import (
     stream_answer,
 )
 from .feedback import append_feedback, check_feedback
-from .hot import (
-    HOT_TOKENS_HEADER,
-    VERSION_HEADER,
-    HotPrompt,
-    hot_path,
-    hot_prompt,
-    read_hot_prompts,
-    with_hot_prompt,
-)
+from .hot import NO_HOT, HotPrompt, HotSource, request_messages, served_headers, with_hot_prompt
 from .limits import TenantMeter, check_body
 from .metrics import Metrics
 from .registry import Registry, Version
@@ -85,6 +79,7 @@ class Gateway:
         home: Path,
         engine: Engine | None = None,
         transport: httpx.AsyncBaseTransport | None = None,  # tests: a fake vLLM
+        hot_source: HotSource | None = None,  # the runtime's memories (hot.py); None: no hot prompts
     ):
         self.cfg = cfg
         self.home = Path(home)
@@ -107,8 +102,9 @@ class Gateway:
         self.last_request = 0.0  # time.time() of the last request start or end
         self.requests = 0
         self._synced_epoch = 0
-        self._stamps: tuple = (None, None, None)
-        self.hot: dict[str, dict[str, HotPrompt]] = {}  # tenant -> served name -> hot prompt (hot.py)
+        self._stamps: tuple = (None, None)
+        self.hot_source = hot_source
+        self._hot_pool = ThreadPoolExecutor(1, thread_name_prefix="hot")  # the source's own thread
         self.on_request: list = []  # callables run as each request starts (the runtime pauses bakes)
         self.metrics = Metrics()
         self._name_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -149,6 +145,7 @@ class Gateway:
         if self._recording:  # the last answers' episodes are written before the process goes
             await asyncio.gather(*self._recording, return_exceptions=True)
         await asyncio.to_thread(self.engine.stop)
+        self._hot_pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             await self.client.aclose()
         with contextlib.suppress(OSError):
@@ -192,7 +189,7 @@ class Gateway:
 
     def _refresh_files(self, force: bool = False) -> bool:
         """Re-read tenants.json / registry.json if they changed; True if the registry did."""
-        t_stamp, r_stamp, h_stamp = self.tenants.stamp(), self.registry.stamp(), _stamp(hot_path(self.home))
+        t_stamp, r_stamp = self.tenants.stamp(), self.registry.stamp()
         changed = False
         if force or t_stamp != self._stamps[0]:
             try:
@@ -210,12 +207,7 @@ class Gateway:
                 changed = True
             except RegistryError as e:
                 log.error("keeping the previous registry: %s", e)
-        if force or h_stamp != self._stamps[2]:
-            try:
-                self.hot = read_hot_prompts(self.home)
-            except ServingError as e:
-                log.error("keeping the previous hot prompts: %s", e)
-        self._stamps = (t_stamp, r_stamp, h_stamp)
+        self._stamps = (t_stamp, r_stamp)
         return changed
 
     async def _poll_loop(self) -> None:
@@ -286,7 +278,7 @@ class Gateway:
         state = self.registry.load()
         t = state.get(tenant)
         self._desired[tenant] = t.versions[t.current] if t and t.current is not None else None
-        self._stamps = (self._stamps[0], stamp, self._stamps[2])
+        self._stamps = (self._stamps[0], stamp)
 
     def _route(self, tenant: str, name: str | None) -> None:
         old = self.routes.get(tenant)
@@ -408,7 +400,7 @@ class Gateway:
             # flight before the next await, so the retire step can never unload it mid-request
             name = self.resolve(tenant, body.get("model"))
             turn = self._episode_turn(request, tenant, path, body)
-            hot = hot_prompt(self.hot, tenant, name)
+            hot = await self._hot_prompt(tenant, name, request_messages(body, path))
             body = with_hot_prompt(body, path, hot.text)
         except BaseException:
             self.meter.done(tenant)
@@ -475,6 +467,19 @@ class Gateway:
 
         return _Relay(relay(), release, media_type=resp.headers.get("content-type", "text/event-stream"),
                       headers=served)
+
+    async def _hot_prompt(self, tenant: str, name: str, messages: list) -> HotPrompt:
+        """The source's hot prompt for this request (NO_HOT without a source). A source that
+        fails fails the request (503): an answer without the memories it lacks would be wrong."""
+        if self.hot_source is None:
+            return NO_HOT
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._hot_pool, self.hot_source, tenant, name, messages)
+        except Exception as e:
+            log.exception("tenant %s: the hot prompt could not be built", tenant)
+            raise EngineUnavailable(f"this tenant's memories cannot be read now ({type(e).__name__}); retry",
+                                    retry_after=1) from e
 
     # -- episodes (episodes.py) ----------------------------------------------------------------
 
@@ -655,16 +660,6 @@ def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:
     return app
 
 
-def served_headers(version: str, hot: HotPrompt) -> dict[str, str]:
-    """What served a request: the version name ("base" for none) and the hot prompt's tokens."""
-    headers = {VERSION_HEADER: version}
-    if not hot.text:
-        headers[HOT_TOKENS_HEADER] = "0"
-    elif hot.tokens is not None:  # a hot.json from before the counts: the cost is unknown
-        headers[HOT_TOKENS_HEADER] = str(hot.tokens)
-    return headers
-
-
 def _usage(content: bytes) -> dict | None:
     try:
         return json.loads(content).get("usage")
@@ -681,14 +676,6 @@ def _stream_usage(tail: bytes) -> dict | None:
             except ValueError:
                 return None
     return None
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def read_status(home: Path) -> dict | None:

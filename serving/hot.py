@@ -1,114 +1,62 @@
-"""Hot prompts: what each tenant's model must be told in its system prompt, per served version.
+"""Hot prompts: what a request's model must be told in its system prompt, beside its weights.
 
-The runtime (agent/) knows which memories each adapter version holds; the gateway only knows
-which version it routes a request to. They meet in one file, `serving/hot.json`, replaced whole
-(atomically) by the runtime and polled by the gateway:
+The gateway does not know memories. It asks an injected hot-prompt source, once per request:
 
-    {"schema": 1, "updated": 1764580000.0,
-     "tenants": {"alice": {"*": {"text": "...", "tokens": 312},            # every live memory
-                           "base": {"text": "...", "tokens": 312},
-                           "alice@v3": {"text": "...", "tokens": 41}}}}  # what v3 does not hold
+    source(tenant, served, messages) -> HotPrompt(text, tokens, memory_ids)
 
-A request routed to `alice@v3` gets the `alice@v3` text; a version the file does not name gets
-`*` (all of the tenant's memories), so whatever the gateway serves, a memory is always in the
-weights or in the prompt. A tenant absent from the file gets no hot prompt.
+`served` is the vLLM name the request is routed to ("<tenant>@v<N>", or the base model's name);
+`messages` are the caller's chat messages (a completion's prompt comes as one user message). The
+runtime (agent/runtime/hot.py) answers with the memories that version does not hold which the
+request is about. The source is called in a thread of the gateway's own, never on the event loop.
 
-`tokens` is the writer's count of the text (the served model's tokenizer when the runtime has
-it): the gateway has no tokenizer and reports it as is (X-Bakehouse-Hot-Tokens). A file from
-before the counts has none: the prompt is still sent, its cost is unknown (None).
+The text goes before the caller's own system message (`with_hot_prompt`), so `usage.prompt_tokens`
+counts it; the answer's headers say which version served it, what its hot prompt cost (the
+source's count, in the served model's tokens when it has the tokenizer) and which memories were
+in it, so a user can see why it answered as it did.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import time
-from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
-from .errors import BadRequest, ServingError
+from .errors import BadRequest
 
-HOT_FILE = "hot.json"
-SCHEMA = 1
-ALL = "*"
-# The gateway's answer to each forwarded request says which version served it and what its hot
-# prompt cost (agent/chat.py reads them).
+# The gateway's answer to each forwarded request says which version served it, what its hot
+# prompt cost and which memories it held (agent/chat.py reads them).
 VERSION_HEADER = "X-Bakehouse-Version"
 HOT_TOKENS_HEADER = "X-Bakehouse-Hot-Tokens"
+HOT_MEMORIES_HEADER = "X-Bakehouse-Hot-Memories"  # comma-separated memory ids, in prompt order
 
 
 class HotPrompt(NamedTuple):
     text: str
-    tokens: int | None  # as counted by the writer; None when the file does not say
+    tokens: int | None  # as counted by the source; None when it cannot say
+    memory_ids: tuple[int, ...] = ()
 
 
 NO_HOT = HotPrompt("", 0)
+HotSource = Callable[[str, str, list], HotPrompt]
 
 
-def hot_path(home: Path) -> Path:
-    return Path(home) / "serving" / HOT_FILE
+def request_messages(body: dict, path: str) -> list:
+    """What a request says, as chat messages, for the hot-prompt source."""
+    if path.endswith("/chat/completions"):
+        messages = body.get("messages")
+        return list(messages) if isinstance(messages, list) else []
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = " ".join(p for p in prompt if isinstance(p, str))
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else []
 
 
-def write_hot(home: Path, tenants: dict[str, dict[str, dict]]) -> None:
-    """Replace the hot file: tenant -> served name ("base", "<tenant>@v<N>", "*") -> {"text", ...}."""
-    path = hot_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = {"schema": SCHEMA, "updated": time.time(), "tenants": tenants}
-    fd, tmp = tempfile.mkstemp(prefix=".hot.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(raw, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_hot_prompts(home: Path) -> dict[str, dict[str, HotPrompt]]:
-    """tenant -> served name -> HotPrompt; {} when there is no file."""
-    path = hot_path(home)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise ServingError(f"cannot read {path}: {e}") from e
-    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA or not isinstance(raw.get("tenants"), dict):
-        raise ServingError(f"{path}: not a hot-prompt file of schema {SCHEMA}")
-    out: dict[str, dict[str, HotPrompt]] = {}
-    for tenant, versions in raw["tenants"].items():
-        if not isinstance(versions, dict):
-            raise ServingError(f"{path}: tenant {tenant!r} must map versions to prompts")
-        out[tenant] = {name: HotPrompt(str(v.get("text", "")), _count(v.get("tokens")))
-                       for name, v in versions.items() if isinstance(v, dict)}
-    return out
-
-
-def _count(tokens) -> int | None:
-    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0 else None
-
-
-def read_hot(home: Path) -> dict[str, dict[str, str]]:
-    """tenant -> served name -> text; {} when there is no file."""
-    return {t: {name: p.text for name, p in versions.items()} for t, versions in read_hot_prompts(home).items()}
-
-
-def hot_prompt(hot: dict[str, dict[str, HotPrompt]], tenant: str, served: str) -> HotPrompt:
-    """The hot prompt for a request of `tenant` served by `served` (NO_HOT for none)."""
-    return _pick(hot, tenant, served, NO_HOT)
-
-
-def hot_text(hot: dict[str, dict[str, str]], tenant: str, served: str) -> str:
-    """The system text for a request of `tenant` served by `served` ("" for none)."""
-    return _pick(hot, tenant, served, "")
-
-
-def _pick(hot: dict, tenant: str, served: str, none):
-    """`served`'s entry of `tenant`, else the tenant's `*` entry, else `none`."""
-    versions = hot.get(tenant) or {}
-    return versions.get(served, versions.get(ALL, none))
+def served_headers(version: str, hot: HotPrompt) -> dict[str, str]:
+    """What served a request: the version name ("base" for none), the hot prompt's tokens and
+    the memories in it."""
+    headers = {VERSION_HEADER: version, HOT_MEMORIES_HEADER: ",".join(map(str, hot.memory_ids))}
+    if not hot.text:
+        headers[HOT_TOKENS_HEADER] = "0"
+    elif hot.tokens is not None:
+        headers[HOT_TOKENS_HEADER] = str(hot.tokens)
+    return headers
 
 
 def with_hot_prompt(body: dict, path: str, text: str) -> dict:

@@ -261,16 +261,32 @@ def test_is_idle(gw):
     assert gateway.is_idle(0.1)
 
 
+class _Source:
+    """A hot-prompt source as the runtime injects one: tenant -> served name -> HotPrompt; it
+    records what each request asked it."""
+
+    def __init__(self, prompts):
+        self.prompts, self.asked = prompts, []
+
+    def __call__(self, tenant, served, messages):
+        from serving.hot import NO_HOT
+
+        self.asked.append((tenant, served, messages))
+        versions = self.prompts.get(tenant, {})
+        return versions.get(served, versions.get("*", NO_HOT))
+
+
 def test_hot_prompt_goes_before_the_callers_system_message_per_served_version(gw, home, tiny_model_dir, tiny_adapters):
-    from serving.hot import hot_prompt, write_hot
+    from serving.hot import HotPrompt
 
     client, gateway, fake, _, keys = gw
-    write_hot(home, {"alice": {"*": {"text": "ALL MEMORIES"}, "base": {"text": "BASE HOT"},
-                               "alice@v1": {"text": "V1 HOT"}}})
-    _wait(lambda: hot_prompt(gateway.hot, "alice", "base").text == "BASE HOT")
+    base = gateway.cfg.served_base_name
+    gateway.hot_source = _Source({"alice": {"*": HotPrompt("ALL MEMORIES", 3), base: HotPrompt("BASE HOT", 3),
+                                            "alice@v1": HotPrompt("V1 HOT", 3)}})
     _chat(client, keys["alice"])
     assert fake.bodies[-1]["messages"] == [{"role": "system", "content": "BASE HOT"},
                                            {"role": "user", "content": "hi"}]
+    assert gateway.hot_source.asked[-1] == ("alice", base, [{"role": "user", "content": "hi"}])
     client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {keys['alice']}"},
                 json={"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
     assert fake.bodies[-1]["messages"][0] == {"role": "system", "content": "BASE HOT\n\nBe brief."}
@@ -280,51 +296,59 @@ def test_hot_prompt_goes_before_the_callers_system_message_per_served_version(gw
     _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
     _wait(lambda: gateway.routes.get("alice") == "alice@v1")
     _chat(client, keys["alice"])
-    assert fake.bodies[-1]["messages"][0]["content"] == "V1 HOT"  # what v1's weights lack
+    assert fake.bodies[-1]["messages"][0]["content"] == "V1 HOT"  # asked with the version it routes to
+    assert gateway.hot_source.asked[-1][1] == "alice@v1"
     _publish(home, tiny_model_dir, "alice", tiny_adapters[1])
     _wait(lambda: gateway.routes.get("alice") == "alice@v2")
-    _chat(client, keys["alice"])  # a version the runtime has not described yet: every memory
+    _chat(client, keys["alice"])
     assert fake.bodies[-1]["messages"][0]["content"] == "ALL MEMORIES"
     r = client.post("/v1/completions", json={"prompt": "Q:"}, headers={"Authorization": f"Bearer {keys['alice']}"})
     assert r.status_code == 200 and fake.bodies[-1]["prompt"] == "ALL MEMORIES\n\nQ:"
+    assert gateway.hot_source.asked[-1][2] == [{"role": "user", "content": "Q:"}]  # a prompt, as a user message
     r = client.post("/v1/completions", json={"prompt": [1, 2, 3]}, headers={"Authorization": f"Bearer {keys['alice']}"})
     assert r.status_code == 400 and "token ids" in r.json()["error"]["message"]
 
 
-def test_answers_name_the_served_version_and_the_hot_prompts_tokens(gw, home, tiny_model_dir, tiny_adapters):
-    from serving.hot import write_hot
+def test_answers_name_the_served_version_the_hot_prompts_tokens_and_its_memories(gw, home, tiny_model_dir,
+                                                                                 tiny_adapters):
+    from serving.hot import HotPrompt
 
     client, gateway, _, _, keys = gw
-    write_hot(home, {"alice": {"*": {"text": "ALL", "tokens": 9}, "base": {"text": "BASE", "tokens": 5},
-                               "alice@v1": {"text": "V1", "tokens": 2}},
-                     "carol": {"*": {"text": "OLD FILE, NO COUNT"}}})
-    _wait(lambda: "carol" in gateway.hot)
+    base = gateway.cfg.served_base_name
+    gateway.hot_source = _Source({"alice": {base: HotPrompt("BASE", 5, (3, 1)), "alice@v1": HotPrompt("V1", 2, (7,))},
+                                  "carol": {"*": HotPrompt("COST UNKNOWN", None, (4,))}})
 
     def served(key):
         return {k: v for k, v in _chat(client, key).headers.items() if k.startswith("x-bakehouse")}
 
-    assert served(keys["alice"]) == {"x-bakehouse-version": "base", "x-bakehouse-hot-tokens": "5"}
-    assert served(keys["bob"]) == {"x-bakehouse-version": "base", "x-bakehouse-hot-tokens": "0"}
-    assert served(keys["carol"]) == {"x-bakehouse-version": "base"}  # sent, but its cost is unknown
+    assert served(keys["alice"]) == {"x-bakehouse-version": "base", "x-bakehouse-hot-tokens": "5",
+                                     "x-bakehouse-hot-memories": "3,1"}
+    assert served(keys["bob"]) == {"x-bakehouse-version": "base", "x-bakehouse-hot-tokens": "0",
+                                   "x-bakehouse-hot-memories": ""}
+    assert served(keys["carol"]) == {"x-bakehouse-version": "base", "x-bakehouse-hot-memories": "4"}
     _publish(home, tiny_model_dir, "alice", tiny_adapters[0])
     _wait(lambda: gateway.routes.get("alice") == "alice@v1")
-    assert served(keys["alice"]) == {"x-bakehouse-version": "alice@v1", "x-bakehouse-hot-tokens": "2"}
+    assert served(keys["alice"]) == {"x-bakehouse-version": "alice@v1", "x-bakehouse-hot-tokens": "2",
+                                     "x-bakehouse-hot-memories": "7"}
     with client.stream("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {keys['alice']}"},
                        json={"messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
-        assert r.headers["x-bakehouse-version"] == "alice@v1" and r.headers["x-bakehouse-hot-tokens"] == "2"
+        assert r.headers["x-bakehouse-version"] == "alice@v1" and r.headers["x-bakehouse-hot-memories"] == "7"
     assert "x-bakehouse-version" not in _chat(client, "bh-000000000000-wrong").headers
 
 
-def test_a_corrupt_hot_file_keeps_the_previous_prompts(gw, home):
-    from serving.hot import hot_path, write_hot
-
+def test_a_failing_hot_source_refuses_the_request_instead_of_answering_without_memories(gw):
     client, gateway, fake, _, keys = gw
-    write_hot(home, {"alice": {"*": {"text": "KEEP ME"}}})
-    _wait(lambda: gateway.hot.get("alice"))
-    hot_path(home).write_text("{not json")
-    time.sleep(0.2)
-    _chat(client, keys["alice"])
-    assert fake.bodies[-1]["messages"][0]["content"] == "KEEP ME"
+
+    def broken(tenant, served, messages):
+        raise OSError("disk I/O error")
+
+    gateway.hot_source = broken
+    before = len(fake.bodies)
+    r = _chat(client, keys["alice"])
+    assert r.status_code == 503 and "memories" in r.json()["error"]["message"] and r.headers["retry-after"] == "1"
+    assert len(fake.bodies) == before  # nothing reached the engine
+    gateway.hot_source = None
+    assert _chat(client, keys["alice"]).status_code == 200
 
 
 def test_metrics_are_prometheus_text_with_tenant_names_only(gw, home, tiny_model_dir, tiny_adapters):

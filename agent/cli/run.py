@@ -21,7 +21,12 @@ from . import cli, domain_errors, home_option
 @click.option("--model", "model_opt", default=None, help="Base model dir (default: the embedded SmolLM2).")
 @click.option("--idle-seconds", default=30.0, show_default=True,
               help="Bake (or resume a paused bake) after this long without a request.")
-@click.option("--hot-budget", default=1500, show_default=True, help="Tokens of memories in each tenant's system prompt.")
+@click.option("--hot-tier", default="retrieval", show_default=True, type=click.Choice(["retrieval", "static"]),
+              help="Each request's memories: retrieval (persona and instructions, then what the request is "
+                   "about) or static (every memory the weights lack, cut at the budget; a baseline).")
+@click.option("--hot-budget", default=1500, show_default=True, help="Tokens of memories in a request's system prompt.")
+@click.option("--hot-top-k", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Memories retrieved per request (besides persona and instructions).")
 @click.option("--feed-minutes", default=15.0, show_default=True, help="How often every feed is polled.")
 @click.option("--episode-idle", default=30.0, show_default=True,
               help="Minutes without a message before a conversation's episode closes and is summarised.")
@@ -56,7 +61,7 @@ from . import cli, domain_errors, home_option
               help="json: one JSON object per log line (runtime.log and the terminal).")
 @home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
-def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, episode_idle, min_batch, max_wait, max_batch,
+def run(port, host, model_opt, idle_seconds, hot_tier, hot_budget, hot_top_k, feed_minutes, episode_idle, min_batch, max_wait, max_batch,
         max_tries, max_lora_rank, max_layers, epochs, bake_config, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
         graduation, pursuit_rounds, min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
@@ -94,7 +99,8 @@ def run(port, host, model_opt, idle_seconds, hot_budget, feed_minutes, episode_i
             overrides = {**json.load(f), **({"min_steps": min_steps} if min_steps else {}),
                          **({"epochs": epochs} if epochs else {})}
     cfg = RuntimeConfig(home=home, model_dir=resolve_model(model_opt, home), host=host, port=port,
-                        idle_seconds=idle_seconds, hot_budget=hot_budget, feed_minutes=feed_minutes,
+                        idle_seconds=idle_seconds, hot_tier=hot_tier, hot_budget=hot_budget, hot_top_k=hot_top_k,
+                        feed_minutes=feed_minutes,
                         episode_idle=episode_idle,
                         min_batch=min_batch, max_wait=max_wait, max_batch=max_batch, max_tries=max_tries,
                         max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
@@ -165,7 +171,9 @@ def status(as_json, home):
         last = "-" if lb is None else (f"job {lb['job']} {lb['state']} {lb['graduated']}/{lb['tried']} graduated"
                                        + (f" ({lb['reason']})" if lb["reason"] and lb["state"] != "done" else ""))
         jobs = ", ".join(f"{j['id']} {j['state']}" for j in t["jobs"]) or "-"
-        tokens = "" if t["hot_tokens"] is None else f" ({t['hot_tokens']} tokens)"
+        tokens = "" if t["hot_tokens"] is None else f" ({t['hot_tokens']} tokens pinned)"
+        if t["out_of_service"]:
+            tokens += f", {len(t['out_of_service'])} out of service"
         click.echo(f"{name}: {t['hot_memories']} hot{tokens}, {t['baked_memories']} baked, serving "
                    f"{t['version']} ({t['layers']} layers, rank {t['rank']}); last bake: {last}; "
                    f"jobs: {jobs}")

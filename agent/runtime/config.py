@@ -12,7 +12,9 @@ class RuntimeConfig:
     model_dir: Path
     host: str = "127.0.0.1"  # gateway bind address
     port: int = 8100  # gateway port
-    hot_budget: int = 1500  # tokens of memories sent in the system prompt per tenant
+    hot_tier: str = "retrieval"  # each request's memories: "retrieval" (what it is about) or "static" (all)
+    hot_budget: int = 1500  # tokens of memories in a request's system prompt at most
+    hot_top_k: int = 3  # memories retrieved per request (besides persona and instructions)
     idle_seconds: float = 30.0  # a bake starts (or resumes) after this long without a request
     min_batch: int = 1  # hot memories a tenant needs before a bake ...
     max_wait: float = 600.0  # ... unless its oldest hot memory has waited this long (s)
@@ -40,13 +42,15 @@ class RuntimeConfig:
 
     def __post_init__(self):
         self.home, self.model_dir = Path(self.home), Path(self.model_dir)
-        for name in ("hot_budget", "min_batch", "max_batch", "max_tries", "max_layers", "concurrent_bakes",
+        for name in ("hot_budget", "hot_top_k", "min_batch", "max_batch", "max_tries", "max_layers", "concurrent_bakes",
                      "summary_tries", "pursuit_rounds"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("idle_seconds", "max_wait", "retry_after_failure", "feed_minutes"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.hot_tier not in ("retrieval", "static"):
+            raise ValueError(f"hot_tier must be retrieval or static, got {self.hot_tier!r}")
         if not self.episode_idle > 0:
             raise ValueError(f"episode_idle must be > 0 minutes, got {self.episode_idle!r}")
         from baker.verify import RULES

@@ -1,33 +1,47 @@
-"""The hot tier: every memory that the served weights do not hold goes in the system prompt.
+"""The hot tier: the memories the served weights do not hold, put in each request's prompt.
 
 What a version holds is the bake ledger's record for it (`store.adapter(tenant, name)`): the
-memories verified in its weights. For each tenant the runtime writes one prompt per version the
-gateway might serve (serving/hot.py): the live memories minus those that version holds. So a
-memory leaves the prompt exactly when the gateway routes to a version holding it, and comes back
-the moment it routes to one that does not (a rollback, a failed load): it is never in neither.
+memories verified in its weights. The gateway asks `HotTier.prompt` once per request with the
+version it routes that request to (serving/hot.py), so a memory leaves the prompt exactly when the
+gateway routes to a version holding it, and comes back the moment it routes to one that does not
+(a rollback, a failed load).
+
+Two tiers (`--hot-tier`):
+- `retrieval` (default): the pinned kinds (persona, instructions), then the memories the request
+  is about, best first, within `--hot-budget` tokens and `--hot-top-k` (memory.retrieval). Every
+  live memory is, at every moment, held by the served weights or retrievable for a request about it.
+- `static`: every memory the version does not hold, newest first, cut at `--hot-budget` (what a
+  memory past the budget gets: neither the prompt nor the weights). Kept as a baseline.
+
+`sync` (the scheduler's tick) records per tenant what its served version leaves to the prompt and
+which of those memories a request about them would not reach (`out_of_service`), for `bakehouse
+status`, the page and /metrics. Each thread that asks gets its own connection to the store.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from memory import MemoryStore, UnknownAdapter
-from serving.hot import ALL, write_hot
+from memory import Memory, MemoryStore, Prompt, UnknownAdapter, UnknownTenant
+from memory.retrieval import retrieve
+from serving.hot import NO_HOT, HotPrompt
 from serving.registry import Registry
 
 log = logging.getLogger("bakehouse.runtime.hot")
-RECENT_VERSIONS = 8  # per tenant, hot prompts are written for this many newest versions
+TIERS = ("retrieval", "static")
 
 
 def held(store: MemoryStore, tenant: str, version: str | None) -> tuple[int, ...]:
-    """The memories verified in the weights of `version` ("<tenant>@v<N>"; None: the base)."""
+    """The memories verified in the weights of `version` ("<tenant>@v<N>"; None or a name the
+    ledger does not know, such as the base model's: nothing)."""
     if version is None:
         return ()
     try:
         return store.adapter(tenant, version).memory_ids
-    except UnknownAdapter:  # published by hand, not by the runtime: it holds nothing we know of
+    except UnknownAdapter:  # the base, or published by hand, not by the runtime
         return ()
 
 
@@ -41,60 +55,83 @@ def layers_of(store: MemoryStore, tenant: str, version: str | None) -> int:
         return 1
 
 
+def hot_tier(cfg, count_tokens: Callable[[str], int] | None = None) -> "HotTier":
+    """The hot tier a RuntimeConfig asks for."""
+    return HotTier(cfg.home, cfg.hot_budget, top_k=cfg.hot_top_k, tier=cfg.hot_tier, count_tokens=count_tokens)
+
+
 @dataclass(frozen=True)
 class TenantHot:
-    """The hot tier of the version a tenant is served now."""
+    """What a tenant's served version leaves to the prompt."""
 
     version: str | None
-    memory_ids: tuple[int, ...]
-    tokens: int
-    left_out: tuple[int, ...]  # hot memories that did not fit the budget
+    memory_ids: tuple[int, ...]  # live memories the version does not hold
+    tokens: int  # the prompt of a request about nothing (the pinned part; all of it when static)
+    out_of_service: tuple[int, ...]  # of those, the ones a request about them would not get
 
 
 class HotTier:
-    """Writes serving/hot.json whenever the memories or the registry change."""
-
-    def __init__(self, home: Path, store: MemoryStore, budget: int,
-                 count_tokens: Callable[[str], int] | None = None, base_name: str = "base"):
-        self.home, self.store, self.budget = Path(home), store, budget
-        self.count_tokens, self.base_name = count_tokens, base_name
+    def __init__(self, home: Path, budget: int, *, top_k: int = 3, tier: str = "retrieval",
+                 count_tokens: Callable[[str], int] | None = None):
+        if tier not in TIERS:
+            raise ValueError(f"hot tier must be one of {', '.join(TIERS)}, got {tier!r}")
+        self.home, self.budget, self.top_k, self.tier = Path(home), budget, top_k, tier
+        self.count_tokens = count_tokens
         self.registry = Registry(home)
+        self._local = threading.local()
         self._seen: tuple | None = None
         self.current: dict[str, TenantHot] = {}
 
-    def _changes(self) -> tuple:
-        (audit_id,) = self.store.db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
+    def store(self) -> MemoryStore:
+        """This thread's connection to the store."""
+        if getattr(self._local, "store", None) is None:
+            self._local.store = MemoryStore.in_home(self.home, actor="runtime")
+        return self._local.store
+
+    def build(self, store: MemoryStore, tenant: str, exclude, messages: list) -> Prompt:
+        if self.tier == "static":
+            return store.compose(tenant, budget_tokens=self.budget, count_tokens=self.count_tokens, exclude=exclude)
+        return retrieve(store, tenant, messages, exclude=exclude, top_k=self.top_k, budget_tokens=self.budget,
+                        count_tokens=self.count_tokens)
+
+    def prompt(self, tenant: str, served: str, messages: list) -> HotPrompt:
+        """The gateway's hot-prompt source: what this request needs that `served` does not hold."""
+        store = self.store()
+        try:
+            p = self.build(store, tenant, held(store, tenant, served), messages)
+        except UnknownTenant:  # a key with no memories yet
+            return NO_HOT
+        return HotPrompt(p.text, p.tokens, p.memory_ids) if p.memory_ids else NO_HOT
+
+    def _changes(self, store: MemoryStore) -> tuple:
+        (audit_id,) = store.db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
         return audit_id, self.registry.stamp()
 
     def sync(self, force: bool = False) -> bool:
-        """Recompute and write the hot prompts if anything changed; True if it wrote."""
-        seen = self._changes()
+        """Recompute `current` if the memories or the registry changed; True if it did."""
+        store = self.store()
+        seen = self._changes(store)
         if not force and seen == self._seen:
             return False
-        state = self.registry.load()
-        out, current = {}, {}
-        for tenant in self.store.tenants():
+        state, current = self.registry.load(), {}
+        for tenant in store.tenants():
             t = state.get(tenant)
-            # the versions the gateway may route to soon: the pointer, the previous one and the
-            # newest few; any other version it serves gets `*` (every memory) until the next sync
-            names = []
-            if t:
-                ready = sorted(n for n, v in t.versions.items() if v.status == "ready")
-                keep = set(ready[-RECENT_VERSIONS:]) | {t.current, t.previous}
-                names = [t.versions[n].name for n in ready if n in keep]
             served = t.versions[t.current].name if t and t.current is not None else None
-            everything = self.store.compose(tenant, budget_tokens=self.budget, count_tokens=self.count_tokens)
-            prompts = {ALL: everything, self.base_name: everything}
-            for name in names:
-                prompts[name] = self.store.compose(tenant, budget_tokens=self.budget,
-                                                   count_tokens=self.count_tokens,
-                                                   exclude=held(self.store, tenant, name))
-            if not everything.memory_ids and not everything.left_out:
-                continue  # no live memories: nothing to tell the model
-            out[tenant] = {name: {"text": p.text, "tokens": p.tokens, "memories": len(p.memory_ids)}
-                           for name, p in prompts.items()}
-            p = prompts[served or self.base_name]
-            current[tenant] = TenantHot(served, p.memory_ids, p.tokens, p.left_out)
-        write_hot(self.home, out)
+            holds = held(store, tenant, served)
+            unheld = [m for m in store.memories(tenant, valid_only=True) if m.id not in set(holds)]
+            if not unheld:
+                continue
+            idle = self.build(store, tenant, holds, [])
+            current[tenant] = TenantHot(served, tuple(m.id for m in unheld), idle.tokens,
+                                        self._out_of_service(store, tenant, holds, unheld, idle))
         self._seen, self.current = seen, current
         return True
+
+    def _out_of_service(self, store: MemoryStore, tenant: str, holds, unheld: list[Memory],
+                        idle: Prompt) -> tuple[int, ...]:
+        """The unheld memories a request about them would not get: for `static`, those cut by
+        the budget; for `retrieval`, those not retrieved for a request made of their own text."""
+        if self.tier == "static":
+            return tuple(m.id for m in unheld if m.id not in idle.memory_ids)
+        about = [(m, self.build(store, tenant, holds, [{"role": "user", "content": m.text}])) for m in unheld]
+        return tuple(m.id for m, p in about if m.id not in p.memory_ids)

@@ -1,5 +1,6 @@
 """The learning loop: plan a bake in idle time, run it in its own process, gate it, publish it,
-graduate what the weights hold; roll back when a held memory is forgotten or superseded.
+graduate what the weights hold; roll back when a held memory is forgotten or superseded. What
+the served version does not hold is in each request's prompt meanwhile (hot.py).
 
 Every step is recorded in the memory DB (jobs, per-memory checks, the bake ledger) before the
 next one, so a crash anywhere leaves a state the next start can read: a job that was running is
@@ -21,7 +22,7 @@ from serving.registry import Registry
 
 from .bakes import BakeProcess
 from .config import RuntimeConfig
-from .hot import HotTier, held, layers_of
+from .hot import HotTier, held, hot_tier, layers_of
 from .planner import HotMemory, Limits, TenantState, next_bake
 
 log = logging.getLogger("bakehouse.runtime")
@@ -29,12 +30,12 @@ log = logging.getLogger("bakehouse.runtime")
 
 class Learner:
     def __init__(self, cfg: RuntimeConfig, store: MemoryStore, idle_for: Callable[[], float],
-                 count_tokens: Callable[[str], int] | None = None):
+                 count_tokens: Callable[[str], int] | None = None, hot: HotTier | None = None):
         from baker import BakeConfig
 
         self.cfg, self.store, self.idle_for = cfg, store, idle_for
         self.registry = Registry(cfg.home)
-        self.hot = HotTier(cfg.home, store, cfg.hot_budget, count_tokens)
+        self.hot = hot or hot_tier(cfg, count_tokens)
         self.bake_config = BakeConfig.from_dict({"sampler": cfg.sampler, **cfg.bake_overrides})
         layer_rank = self.bake_config.rank * cfg.pursuit_rounds  # a pursuit's rounds make one layer
         if layer_rank > cfg.max_lora_rank:

@@ -18,7 +18,7 @@ OUTCOMES = {"done": "published", "rejected": "rejected", "failed": "failed"}
 class Snapshot:
     hot_memories: dict[str, int] = field(default_factory=dict)
     hot_tokens: dict[str, int] = field(default_factory=dict)
-    hot_left_out: dict[str, int] = field(default_factory=dict)
+    out_of_service: dict[str, int] = field(default_factory=dict)
     graduated: dict[str, int] = field(default_factory=dict)
     bakes: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, outcome) -> count
     bake_seconds: dict[str, list[float]] = field(default_factory=dict)  # tenant -> walls of finished bakes
@@ -32,7 +32,7 @@ def take_snapshot(learner) -> Snapshot:
     for tenant, h in learner.hot.current.items():
         snap.hot_memories[tenant] = len(h.memory_ids)
         snap.hot_tokens[tenant] = h.tokens
-        snap.hot_left_out[tenant] = len(h.left_out)
+        snap.out_of_service[tenant] = len(h.out_of_service)
     state = learner.registry.load()
     for tenant in learner.store.tenants():
         t = state.get(tenant)
@@ -64,8 +64,9 @@ class RuntimeCollector:
         snap: Snapshot = self.runtime.snapshot
         gauges = [
             ("bakehouse_hot_memories", "Memories in the tenant's hot prompt (served version)", snap.hot_memories),
-            ("bakehouse_hot_tokens", "Tokens of the tenant's hot prompt (served version)", snap.hot_tokens),
-            ("bakehouse_hot_left_out", "Hot memories that did not fit the hot budget", snap.hot_left_out),
+            ("bakehouse_hot_tokens", "Tokens of the tenant's pinned hot prompt (served version)", snap.hot_tokens),
+            ("bakehouse_hot_out_of_service", "Memories in neither the served weights nor the prompt of a request about them",
+             snap.out_of_service),
             ("bakehouse_graduated_memories", "Live memories the served weights hold", snap.graduated),
             ("bakehouse_bake_pauses", "Times a running bake was paused for requests", snap.pauses),
         ]

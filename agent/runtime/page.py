@@ -116,9 +116,9 @@ def render_page(home: Path, refresh_seconds: int = 5) -> str:
             sections.append(f"""<section class="tenant" id="tenant-{e(tenant)}">
 <h2>{e(tenant)}</h2>
 <p>serving <b>{e(t['version'])}</b> ({t['layers']} layers, rank {t['rank']}) &middot; {t['hot_memories']} hot
-({t['hot_tokens'] if t['hot_tokens'] is not None else '?'} tokens; {len(t['hot_left_out'])} over the budget)
+({t['hot_tokens'] if t['hot_tokens'] is not None else '?'} tokens; {len(t['out_of_service'])} out of service)
 &middot; {t['baked_memories']} in the weights</p>
-<h3>Hot (in the prompt)</h3><table><tr><th>id</th><th>kind</th><th>text</th><th>age</th><th>tokens</th><th>failed tries</th></tr>{rows_hot}</table>
+<h3>Hot (not in the weights: retrieved into the prompts about them)</h3><table><tr><th>id</th><th>kind</th><th>text</th><th>age</th><th>tokens</th><th>failed tries</th></tr>{rows_hot}</table>
 <h3>Graduated (in the weights)</h3><table><tr><th>id</th><th>text</th><th>versions</th></tr>{rows_baked}</table>
 <h3>Bakes</h3><table class="jobs">{''.join(job_rows)}</table></section>""")
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh_seconds}">

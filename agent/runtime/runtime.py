@@ -37,7 +37,10 @@ class Runtime:
                                 max_loras=cfg.max_loras, max_cpu_loras=max(32, cfg.max_loras),
                                 max_lora_rank=cfg.max_lora_rank, kv_cache_bytes=int(cfg.kv_cache_gib * (1 << 30)),
                                 max_model_len=cfg.max_model_len)
-        self.gateway = Gateway(serve_cfg, cfg.home, engine=engine, transport=transport)
+        from .hot import hot_tier
+
+        self.hot = hot_tier(cfg, _token_counter(cfg.model_dir))  # each request's memories
+        self.gateway = Gateway(serve_cfg, cfg.home, engine=engine, transport=transport, hot_source=self.hot.prompt)
         self.gateway.on_request.append(self._on_request)
         from .observe import RuntimeCollector, Snapshot
 
@@ -72,7 +75,7 @@ class Runtime:
             from .learner import Learner
 
             store = MemoryStore.in_home(self.cfg.home, actor="runtime")
-            self.learner = Learner(self.cfg, store, self.idle_for, count_tokens=_token_counter(self.cfg.model_dir))
+            self.learner = Learner(self.cfg, store, self.idle_for, hot=self.hot)
             again = self.learner.recover()
             if again:
                 log.info("re-queued %d bake job(s) a previous runtime left unfinished", len(again))
@@ -151,7 +154,7 @@ class Runtime:
                  "paused_seconds": p.paused_seconds} for p in learner.procs.values()],
             "hot": {} if learner is None else {
                 t: {"version": h.version, "memories": list(h.memory_ids), "tokens": h.tokens,
-                    "left_out": list(h.left_out)} for t, h in learner.hot.current.items()},
+                    "out_of_service": list(h.out_of_service)} for t, h in learner.hot.current.items()},
         }
         path = self.cfg.home / "runtime" / STATUS_FILE
         tmp = path.with_suffix(".tmp")

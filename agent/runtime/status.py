@@ -51,7 +51,7 @@ def collect(home: Path) -> dict:
             out["tenants"][tenant] = {
                 "hot_memories": len(hot),
                 "hot_tokens": rt_hot["tokens"] if rt_hot else None,
-                "hot_left_out": rt_hot["left_out"] if rt_hot else [],
+                "out_of_service": rt_hot.get("out_of_service", []) if rt_hot else [],
                 "stay_hot": [m.id for m in hot if tries[m.id] > 0 and tries[m.id] >= _max_tries(rt)],
                 "baked_memories": len(holds & {m.id for m in live}),
                 "version": served,
