@@ -93,7 +93,6 @@ def main() -> dict:
             if time.monotonic() - t0 > 60:
                 raise SystemExit("the feed was not polled within 60 s")
             time.sleep(0.5)
-        time.sleep(1.0)  # hot.json is rewritten within 0.25 s and re-read by the gateway within 0.25 s
         print(f"polled after {time.monotonic() - t0:.1f} s: {len(HEADLINES)} headlines are memories")
         hot = ask_all(s, "from the hot tier (the headlines are in the system prompt)")
 

@@ -76,7 +76,6 @@ def main() -> dict:
             if time.monotonic() - t0 > 30:
                 raise SystemExit("the personas did not reach the hot tier within 30 s")
             time.sleep(0.25)
-        time.sleep(1.0)  # hot.json is rewritten within 0.25 s and re-read by the gateway within 0.25 s
         for question in QUESTIONS[:1] if args.quick else QUESTIONS:
             print(f"\nQ: {question}")
             for tenant, (_, name) in PERSONAS.items():

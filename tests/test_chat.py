@@ -20,7 +20,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from agent.chat import CONVERSATION_HEADER, DEFAULT_TIMEOUT, MAX_FACT_CHARS, BakehouseChat, remember_tool
 from memory import InvalidInput, MemoryStore, approx_tokens
 from serving.engine import free_port
-from serving.hot import HOT_TOKENS_HEADER, VERSION_HEADER
+from serving.hot import HOT_MEMORIES_HEADER, HOT_TOKENS_HEADER, VERSION_HEADER
 
 KEY = "bh-0123456789ab-secret"
 URL = "http://gateway.test/v1"
@@ -66,8 +66,8 @@ class FakeGateway:
     """Answers /v1/chat/completions like the gateway: echoes the last message, says what served
     it in the two headers, refuses any key but KEY with the gateway's 401. Records every request."""
 
-    def __init__(self, version: str = "alice@v2", hot_tokens: str | None = "17"):
-        self.version, self.headers = version, {VERSION_HEADER: version}
+    def __init__(self, version: str = "alice@v2", hot_tokens: str | None = "17", hot_memories: str = "12,5"):
+        self.version, self.headers = version, {VERSION_HEADER: version, HOT_MEMORIES_HEADER: hot_memories}
         if hot_tokens is not None:
             self.headers[HOT_TOKENS_HEADER] = hot_tokens
         self.requests: list[httpx.Request] = []
@@ -130,7 +130,8 @@ def test_invoke_sends_the_conversation_and_reads_what_served_it(fake):
     chat = _chat(fake, conversation_id="conv-1")
     msg = chat.invoke("hello there")
     assert msg.content == "echo: hello there"
-    assert msg.response_metadata["bakehouse"] == {"version": "alice@v2", "hot_tokens": 17, "conversation_id": "conv-1"}
+    assert msg.response_metadata["bakehouse"] == {"version": "alice@v2", "hot_tokens": 17, "hot_memories": [12, 5],
+                                                  "conversation_id": "conv-1"}
     assert msg.response_metadata["model_name"] == "alice@v2"
     assert msg.usage_metadata["input_tokens"] == 30 and msg.usage_metadata["input_token_details"] == {"hot_tier": 17}
     chat.batch(["one", "two"])
@@ -142,8 +143,9 @@ def test_invoke_sends_the_conversation_and_reads_what_served_it(fake):
 
 
 def test_an_unknown_hot_cost_and_a_plain_openai_server():
-    msg = _chat(FakeGateway(version="base", hot_tokens=None)).invoke("hi")
-    assert msg.response_metadata["bakehouse"]["hot_tokens"] is None  # a hot.json without counts
+    msg = _chat(FakeGateway(version="base", hot_tokens=None, hot_memories="")).invoke("hi")
+    assert msg.response_metadata["bakehouse"]["hot_tokens"] is None  # a source that cannot count
+    assert msg.response_metadata["bakehouse"]["hot_memories"] == []
     assert "hot_tier" not in msg.usage_metadata.get("input_token_details", {})
     plain = FakeGateway()
     plain.headers = {}  # not a bakehouse gateway: nothing is made up
@@ -217,7 +219,6 @@ def test_an_unreachable_gateway_fails_fast_and_says_so():
 
 def test_remember_stores_a_fact_for_the_tenant_and_refuses_bad_input(tmp_path):
     from agent.runtime.hot import HotTier
-    from serving.hot import hot_path, hot_text, read_hot
 
     tool = remember_tool("alice", home=tmp_path)
     assert tool.name == "remember" and "text" in tool.args
@@ -228,10 +229,9 @@ def test_remember_stores_a_fact_for_the_tenant_and_refuses_bad_input(tmp_path):
     with MemoryStore.in_home(tmp_path) as store:
         facts = store.memories("alice")
         assert [(m.kind, m.text, m.source) for m in facts] == [("fact", "The user's cat is called Miso.", "chat")]
-        HotTier(tmp_path, store, budget=500).sync()  # what a running `bakehouse run` does at once
-    assert "Miso" in hot_text(read_hot(tmp_path), "alice", "base")
-    base = json.loads(hot_path(tmp_path).read_text())["tenants"]["alice"]["base"]
-    assert base["tokens"] == approx_tokens(base["text"]) > 0  # the count the gateway reports
+    hot = HotTier(tmp_path, budget=500).prompt("alice", "base", [{"role": "user", "content": "What is my cat called?"}])
+    assert "Miso" in hot.text and hot.memory_ids == (facts[0].id,)  # in the next request about it
+    assert hot.tokens == approx_tokens(hot.text) > 0  # the count the gateway reports
     with pytest.raises(InvalidInput, match="invalid tenant name"):
         remember_tool("no spaces please", home=tmp_path)
 
@@ -247,31 +247,28 @@ def test_remember_uses_the_data_home_and_works_from_an_agents_thread(home):
 # -- the real gateway + vLLM ------------------------------------------------------------------
 
 @pytest.mark.vllm
-def test_against_the_real_gateway_the_hot_cost_is_what_hot_json_says(served):
+def test_against_the_real_gateway_the_hot_cost_and_memories_are_the_sources(served):
     from agent.runtime.hot import HotTier
     from agent.runtime.runtime import _token_counter
-    from serving.hot import hot_path
 
-    # a fact told through the tool, the hot tier written as the runtime writes it (real token counts)
+    # a fact told through the tool, the hot tier injected as the runtime injects it (real token counts)
     remember = remember_tool("alice", home=served.home)
     assert remember.invoke({"text": "The user's cat is called Miso and she is seven years old."}).startswith("Remem")
-    with MemoryStore.in_home(served.home, actor="runtime") as store:
-        HotTier(served.home, store, budget=500, count_tokens=_token_counter(served.base)).sync(force=True)
-    want = json.loads(hot_path(served.home).read_text())["tenants"]["alice"]["alice@v1"]["tokens"]
-    assert want > 0
-    deadline = time.monotonic() + 5
-    while "alice" not in served.gateway.hot:  # the gateway polls hot.json
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    tier = HotTier(served.home, budget=500, count_tokens=_token_counter(served.base))
+    served.gateway.hot_source = tier.prompt
+    hot = tier.prompt("alice", "alice@v1", [{"role": "user", "content": "What is my cat called?"}])
+    want = hot.tokens
+    assert want > 0 and len(hot.memory_ids) == 1
 
     chat = BakehouseChat(tenant="alice", api_key=served.keys["alice"], base_url=f"{served.url}/v1",
                          max_tokens=8, temperature=0)
     msg = chat.invoke("What is my cat called?")
     assert msg.content and msg.response_metadata["model_name"] == "alice@v1"
     assert msg.response_metadata["bakehouse"] == {"version": "alice@v1", "hot_tokens": want,
+                                                  "hot_memories": list(hot.memory_ids),
                                                   "conversation_id": chat.conversation_id}
     assert msg.usage_metadata["input_token_details"]["hot_tier"] == want < msg.usage_metadata["input_tokens"]
-    chunks = list(chat.stream("And how old is she?"))
+    chunks = list(chat.stream("And how old is my cat?"))
     noted = [c for c in chunks if "bakehouse" in c.response_metadata]
     assert len(noted) == 1 and noted[0].usage_metadata["input_token_details"]["hot_tier"] == want
     plain = BakehouseChat(tenant="carol", api_key=served.keys["carol"], base_url=f"{served.url}/v1", max_tokens=4)

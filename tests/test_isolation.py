@@ -31,7 +31,6 @@ from memory import MemoryStore
 from serving.episodes import CONVERSATION_HEADER, read_episodes
 from serving.feedback import read_feedback
 from serving.gateway import create_app
-from serving.hot import hot_text, read_hot
 from serving.registry import Registry
 from serving.tenants import TenantStore
 
@@ -111,8 +110,7 @@ def rt(home, tiny_model_dir, alice_adapter):
     runtime.tick()  # the hot tier and the metrics snapshot (no bake: never idle long enough)
     try:
         with TestClient(create_app(runtime.gateway, routers=(router(home),))) as client:
-            _wait(lambda: runtime.gateway.ready and runtime.gateway.routes.get("alice") == "alice@v1"
-                  and set(runtime.gateway.hot) == set(TENANTS))
+            _wait(lambda: runtime.gateway.ready and runtime.gateway.routes.get("alice") == "alice@v1")
             yield {"rt": runtime, "client": client, "keys": keys, "bodies": bodies, "memories": memories}
     finally:
         if runtime.learner is not None:
@@ -137,23 +135,30 @@ def _chat(client, key, text="Who are you?", conv=None, **body):
                        json={"messages": [{"role": "user", "content": text}], **body})
 
 
+ABOUT_ALL = "Who are you? Tell me about my cat, my sloop and my sister."  # each tenant's fact is about one
+
+
 def test_each_tenant_is_sent_its_own_hot_prompt_and_nothing_of_anyone_elses(rt):
-    client, keys, bodies, hot = rt["client"], rt["keys"], rt["bodies"], rt["rt"].learner.hot.current
+    client, keys, bodies, hot = rt["client"], rt["keys"], rt["bodies"], rt["rt"].hot
     expect_version = {"alice": "alice@v1", "bob": "base", "carol": "base"}
     for t in TENANTS:
-        r = _chat(client, keys[t])
+        r = _chat(client, keys[t], ABOUT_ALL)
         assert r.status_code == 200, r.text
         sent = json.dumps(bodies[-1])
         assert bodies[-1]["model"] == expect_version[t] and bodies[-1]["cache_salt"] == t
         assert r.headers["x-bakehouse-version"] == expect_version[t] == r.json()["model"]
-        assert int(r.headers["x-bakehouse-hot-tokens"]) == hot[t].tokens > 0
+        ids = [int(i) for i in r.headers["x-bakehouse-hot-memories"].split(",")]
+        assert set(ids) == set(rt["memories"][t]) - ({rt["memories"]["alice"][0]} if t == "alice" else set())
+        assert int(r.headers["x-bakehouse-hot-tokens"]) == hot.prompt(t, expect_version[t], [
+            {"role": "user", "content": ABOUT_ALL}]).tokens > 0
         assert not leaked(sent, t) and not leaked(r.text, t), (t, sent)
         own = [w for w in SECRETS[t] if re.search(rf"\b{w}\b", sent)]
         # alice's persona is in her adapter (alice@v1 holds it): only her fact is in her prompt
         assert own == (["Miso"] if t == "alice" else SECRETS[t]), (t, sent)
-        r = client.post("/v1/completions", headers=_auth(keys[t]), json={"prompt": "Q: Who are you?\nA:"})
+        r = client.post("/v1/completions", headers=_auth(keys[t]), json={"prompt": f"Q: {ABOUT_ALL}\nA:"})
         assert r.status_code == 200 and r.json()["model"] == expect_version[t]
-        assert bodies[-1]["prompt"].startswith(hot_text(read_hot(rt["rt"].cfg.home), t, expect_version[t]))
+        text = hot.prompt(t, expect_version[t], [{"role": "user", "content": f"Q: {ABOUT_ALL}\nA:"}]).text
+        assert text and bodies[-1]["prompt"].startswith(text)
         assert not leaked(json.dumps(bodies[-1]), t) and not leaked(r.text, t)
 
 
@@ -213,9 +218,11 @@ def test_feedback_is_queued_and_learned_under_the_callers_tenant_only(rt, monkey
     store = runtime.learner.store
     assert [m.text for m in store.memories("bob", kind="instruction")] == ["Call me Captain."]
     assert store.memories("alice", kind="instruction") == [] and asked == []
-    hot = read_hot(runtime.cfg.home)
-    assert "Call me Captain." in hot_text(hot, "bob", "base")
-    assert all("Call me Captain." not in hot_text(hot, t, v) for t, v in [("alice", "alice@v1"), ("carol", "base")])
+    def hot(t, v):
+        return runtime.hot.prompt(t, v, [{"role": "user", "content": "Call me what?"}]).text
+
+    assert "Call me Captain." in hot("bob", "base")
+    assert all("Call me Captain." not in hot(t, v) for t, v in [("alice", "alice@v1"), ("carol", "base")])
 
     # the same comment from alice, on her own conversation: her model proposes from her transcript
     assert client.post("/v1/feedback", headers=_auth(keys["alice"]),
@@ -269,9 +276,9 @@ def test_episodes_are_recorded_under_the_caller_only(rt, monkeypatch, home):
     assert sorted(t for t, _ in asked) == ["alice", "bob", "bob", "carol"]
     for tenant, transcript in asked:
         assert not leaked(transcript, tenant) or tenant == "bob" and "Miso" in transcript
-    for t in TENANTS:
-        summaries = store.memories(t, kind="episode_summary")
-        assert summaries and all(f"of {t} " in m.text for m in summaries)
+    for t in TENANTS:  # the model's summary is grounded in nothing said: each keeps its own user's words
+        own = {said[t]} | ({said["alice"]} if t == "bob" else set())
+        assert {m.text for m in store.memories(t, kind="episode_summary")} == {f'The user said: "{s}"' for s in own}
 
 
 def test_metrics_and_the_status_page_name_tenants_but_show_no_content(rt):
@@ -321,14 +328,12 @@ def test_the_real_engine_counts_each_tenants_own_hot_prompt(served):
         for t, (persona, fact) in PERSONAS.items():
             store.add(t, "persona", persona)
             store.add(t, "fact", fact)
-        tier = HotTier(served.home, store, 1500, count)
-        tier.sync(force=True)
-        current = dict(tier.current)
-    _wait(lambda: set(served.gateway.hot) >= set(TENANTS), timeout=5)
-    hot = read_hot(served.home)
+    tier = HotTier(served.home, 1500, count_tokens=count)
+    served.gateway.hot_source = tier.prompt  # what `bakehouse run` injects
     question = "What is your name?"
     versions = {"alice": "alice@v1", "bob": "bob@v1", "carol": "base"}
-    expected = {t: len(chat_ids(tok, question, hot_text(hot, t, versions[t]))) for t in TENANTS}
+    hot = {t: tier.prompt(t, versions[t], [{"role": "user", "content": question}]) for t in TENANTS}
+    expected = {t: len(chat_ids(tok, question, hot[t].text)) for t in TENANTS}
     assert len(set(expected.values())) == 3  # the personas differ in length: the count tells them apart
     for t in TENANTS:
         r = httpx.post(f"{served.url}/v1/chat/completions", headers=_auth(served.keys[t]), timeout=120,
@@ -337,7 +342,7 @@ def test_the_real_engine_counts_each_tenants_own_hot_prompt(served):
         assert r.status_code == 200, r.text
         body = r.json()
         assert r.headers["x-bakehouse-version"] == versions[t] == body["model"]
-        assert int(r.headers["x-bakehouse-hot-tokens"]) == current[t].tokens
+        assert int(r.headers["x-bakehouse-hot-tokens"]) == hot[t].tokens
         assert body["usage"]["prompt_tokens"] == expected[t], (t, body["usage"], expected)
         answer = body["choices"][0]["message"]["content"]
         print(f"{t} ({versions[t]}): {answer!r}")

@@ -20,7 +20,6 @@ from agent.runtime.hot import held
 from agent.runtime.learner import Learner
 from agent.runtime.planner import HotMemory, Limits, TenantState, next_bake
 from memory import MemoryStore
-from serving.hot import ALL, hot_text, read_hot
 from serving.registry import Registry
 
 TINY_BAKE = dict(epochs=1, generic_contexts=4, self_questions=0, max_new_tokens=6, batch_size=4, rank=4,
@@ -96,23 +95,22 @@ def _publish(lr, tiny_model_dir, tmp_path, tenant, ids, passed, seed=0, **kw):
     return job.id, lr.publish(lr.store.jobs.get(job.id), result)
 
 
-def _hot(home, tenant):
-    return read_hot(home).get(tenant, {})
+def _asked(lr, tenant, served, question):
+    """The hot prompt the gateway would send with `question` to `served` ("base": the base model)."""
+    return lr.hot.prompt(tenant, served, [{"role": "user", "content": question}]).text
 
 
 def test_a_memory_is_hot_at_once_and_leaves_only_for_a_version_that_holds_it(learner, tiny_model_dir, tmp_path):
     lr, home = learner, learner.cfg.home
     a = lr.store.add("alice", "fact", "The ship is called the Marigold.")
     b = lr.store.add("alice", "fact", "The cook is named Ada Brennan.")
-    lr.hot.sync()
-    assert "Marigold" in hot_text(read_hot(home), "alice", "base")
+    assert "Marigold" in _asked(lr, "alice", "base", "What is the ship called?")  # no sync needed
 
     job_id, name = _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id, b.id], {a.id: True, b.id: False})
     assert name == "alice@v1" and held(lr.store, "alice", name) == (a.id,)
-    lr.hot.sync()
-    hot = _hot(home, "alice")
-    assert "Marigold" not in hot[name] and "Ada Brennan" in hot[name]  # b failed: it stays hot
-    assert "Marigold" in hot["base"] and "Marigold" in hot[ALL]  # whatever else is served keeps it
+    assert "Marigold" not in _asked(lr, "alice", name, "What is the ship called?")
+    assert "Ada Brennan" in _asked(lr, "alice", name, "Who is the cook?")  # b failed: it stays hot
+    assert "Marigold" in _asked(lr, "alice", "base", "What is the ship called?")  # the base still needs it
     checks = {c.memory_id: c.passed for c in lr.store.jobs.checks(a.id) + lr.store.jobs.checks(b.id)}
     assert checks == {a.id: True, b.id: False}
     assert lr.store.jobs.get(job_id).state == "done" and lr.store.jobs.get(job_id).version == name
@@ -157,7 +155,7 @@ def test_a_real_bake_job_that_verifies_nothing_is_rejected_and_the_memory_stays_
     assert "no memory graduated" in job.reason  # a random model recalls nothing
     assert job.result["general"]["asked"] >= 50 and job.result["timings"]["bake"] > 0
     assert Registry(lr.cfg.home).current("alice") is None
-    assert "Velmora" in hot_text(read_hot(lr.cfg.home), "alice", "base")
+    assert "Velmora" in _asked(lr, "alice", "base", "Who is the harbor commissioner of Velmora?")
     assert lr.store.jobs.failed_tries([m.id]) == {m.id: 1}
     lr.tick()  # max_tries=1: it stays hot for good, no new job is planned
     assert lr.proc is None and len(lr.store.jobs.list("alice")) == 1
@@ -177,7 +175,7 @@ def test_forget_rolls_back_to_a_version_without_it_and_its_successors_return_hot
     reg = Registry(home)
     assert reg.current("alice").name == v1  # the newest version that does not hold b
     assert lr.store.adapter("alice", v2).status == "rolled_back"
-    hot = _hot(home, "alice")[v1]
+    hot = _asked(lr, "alice", v1, "Which letters are Alpha, Beta and Gamma?")
     assert "Gamma" in hot and "Beta" not in hot and "Alpha" not in hot
     plan_ids = lr.store.jobs.list("alice", states=("running", "queued"))
     assert plan_ids and set(plan_ids[-1].memory_ids) == {c.id} and plan_ids[-1].parent_version == v1
@@ -187,30 +185,31 @@ def test_forget_rolls_back_to_a_version_without_it_and_its_successors_return_hot
     lr.store.forget(a.id)  # v1 holds a: nothing left but the base
     lr.tick()
     assert reg.current("alice") is None
-    assert "Gamma" in hot_text(read_hot(home), "alice", "base")
+    assert "Gamma" in _asked(lr, "alice", "base", "Which letter is Gamma?")
 
 
 def test_the_hot_tier_invariant_holds_at_every_moment(learner, tiny_model_dir, tmp_path):
     """A reader polling what any served version would get never finds a live memory that is in
-    neither that version's weights nor its hot prompt, across publishes, a rollback and a forget."""
+    neither that version's weights nor the hot prompt of a request about it, across publishes, a
+    rollback and a forget (the reader asks the runtime's own hot-prompt source, in its own thread)."""
     lr, home = learner, learner.cfg.home
-    violations, stop = [], threading.Event()
+    violations, checked, stop = [], [], threading.Event()
 
     def watch():
         with MemoryStore.in_home(home) as store:
             while not stop.is_set():
-                hot = read_hot(home).get("alice", {})
                 live = store.memories("alice", valid_only=True) if "alice" in store.tenants() else []
                 state = Registry(home).load().get("alice")
                 names = ["base"] + ([v.name for v in state.versions.values()] if state else [])
                 for name in names:
-                    holds = set(held(store, "alice", name if name != "base" else None))
+                    holds = set(held(store, "alice", name))
                     for m in live:
-                        if m.id not in holds and m.text not in hot_text({"alice": hot}, "alice", name):
-                            if m.text in hot_text(read_hot(home), "alice", name):
-                                continue  # the file moved on between the two reads
-                            if any(x.id == m.id and x.valid for x in store.memories("alice", valid_only=True)):
+                        if m.id not in holds and m.id not in lr.hot.prompt("alice", name, [
+                                {"role": "user", "content": m.text}]).memory_ids:
+                            still = any(x.id == m.id for x in store.memories("alice", valid_only=True))
+                            if still and m.id not in held(store, "alice", name):  # not recorded meanwhile
                                 violations.append((name, m.id))
+                checked.append(len(live) * len(names))
 
     ids = [lr.store.add("alice", "fact", f"Fact number {i} is about the letter {c}.").id for i, c in enumerate("ABCD")]
     lr.hot.sync()
@@ -229,7 +228,7 @@ def test_the_hot_tier_invariant_holds_at_every_moment(learner, tiny_model_dir, t
     finally:
         stop.set()
         t.join()
-    assert violations == []
+    assert violations == [] and len(checked) > 3 and sum(checked) > 20
 
 
 def test_consolidation_replaces_the_stack_when_it_would_exceed_the_rank(learner, tiny_model_dir, tmp_path):
@@ -406,7 +405,8 @@ def test_the_runtime_metrics_show_hot_tier_graduation_and_bakes(learner, tiny_mo
                for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("bakehouse_graduated_memories", (("tenant", "alice"),))] == 1
     assert samples[("bakehouse_hot_memories", (("tenant", "alice"),))] == 1
-    assert samples[("bakehouse_hot_tokens", (("tenant", "alice"),))] > 0
+    assert samples[("bakehouse_hot_tokens", (("tenant", "alice"),))] == 0  # facts only: nothing is pinned
+    assert samples[("bakehouse_hot_out_of_service", (("tenant", "alice"),))] == 0
     assert samples[("bakehouse_bakes_total", (("outcome", "published"), ("tenant", "alice")))] == 1
     assert samples[("bakehouse_bakes_total", (("outcome", "rejected"), ("tenant", "alice")))] == 1
     assert "Alpha" not in text and "Beta" not in text  # tenant names only, never memory texts

@@ -17,7 +17,6 @@ import pytest
 from agent.runtime.procs import group_members
 from agent.runtime.session import RunSession
 from memory import MemoryStore
-from serving.hot import hot_text, read_hot
 from serving.registry import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -107,10 +106,13 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
                        headers={"Authorization": f"Bearer {s.keys['alice']}"}, timeout=10)
         assert r.status_code == 200, r.text
         # (token counts cannot tell: a short hot prompt replaces the template's default system prompt)
-        _wait(lambda: "Answer in one sentence." in hot_text(read_hot(home), "alice", "alice@v1"), 10,
-              "the learned instruction in the hot prompt")
-        with MemoryStore.in_home(home) as store:
-            assert [m.text for m in store.memories("alice", kind="instruction")] == ["Answer in one sentence."]
+        def learned():
+            with MemoryStore.in_home(home) as store:
+                rules = store.memories("alice", kind="instruction")
+            return rules and rules[0].id in s.chat("alice", q)["hot_memories"] and rules
+
+        rules = _wait(learned, 10, "the learned instruction in the hot prompt")
+        assert [m.text for m in rules] == ["Answer in one sentence."]
     finally:
         assert s.stop() == 0
     assert _alive(_groups(home).values()) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from serving.engine import free_port
+from serving.hot import HOT_MEMORIES_HEADER
 from serving.tenants import TenantStore
 
 from .status import collect
@@ -59,8 +60,10 @@ class RunSession:
                        json={"model": tenant, "messages": messages, "max_tokens": max_tokens, "temperature": 0})
         r.raise_for_status()
         body = r.json()
+        ids = r.headers.get(HOT_MEMORIES_HEADER, "")
         return {"text": body["choices"][0]["message"]["content"], "model": body["model"],
-                "prompt_tokens": body["usage"]["prompt_tokens"]}
+                "prompt_tokens": body["usage"]["prompt_tokens"],
+                "hot_memories": [int(i) for i in ids.split(",") if i.strip().isdigit()]}
 
     def status(self) -> dict:
         return collect(self.home)
