@@ -62,7 +62,7 @@ from .feedback import append_feedback, check_feedback
 from .hot import NO_HOT, HotPrompt, HotSource, request_messages, served_headers, with_hot_prompt
 from .limits import TenantMeter, check_body
 from .metrics import Metrics
-from .registry import Registry, Version
+from .registry import Registry, Version, served
 from .tenants import TenantStore, authenticate, key_index
 
 log = logging.getLogger("bakehouse.serving.gateway")
@@ -200,10 +200,7 @@ class Gateway:
         if force or r_stamp != self._stamps[1]:
             try:
                 state = self.registry.load()
-                self._desired = {
-                    name: (t.versions[t.current] if t.current is not None else None)
-                    for name, t in state.items()
-                }
+                self._desired = {name: t.served for name, t in state.items()}
                 changed = True
             except RegistryError as e:
                 log.error("keeping the previous registry: %s", e)
@@ -276,8 +273,7 @@ class Gateway:
         # (stamping after would record the new file as read while this tenant's view is older).
         stamp = self.registry.stamp()
         state = self.registry.load()
-        t = state.get(tenant)
-        self._desired[tenant] = t.versions[t.current] if t and t.current is not None else None
+        self._desired[tenant] = served(state, tenant)
         self._stamps = (self._stamps[0], stamp)
 
     def _route(self, tenant: str, name: str | None) -> None:
@@ -406,7 +402,7 @@ class Gateway:
             self.meter.done(tenant)
             raise
         version = "base" if name == self.cfg.served_base_name else name
-        served = served_headers(version, hot)
+        labels = served_headers(version, hot)
         body["model"] = name
         body["cache_salt"] = tenant  # no prefix-cache timing channel between tenants on the base
         stream = bool(body.get("stream"))
@@ -434,7 +430,7 @@ class Gateway:
             self.metrics.count_usage(tenant, usage)
             answer = answer_text(content) if resp.status_code == 200 and turn else None
             background = BackgroundTask(self._record, turn, answer, version) if answer is not None else None
-            return self._upstream_response(resp, content, served, background)
+            return self._upstream_response(resp, content, labels, background)
 
         tail, released = b"", False
         chunks, size = [], 0  # the stream as sent, for the episode (bounded)
@@ -466,7 +462,7 @@ class Gateway:
                 await release()
 
         return _Relay(relay(), release, media_type=resp.headers.get("content-type", "text/event-stream"),
-                      headers=served)
+                      headers=labels)
 
     async def _hot_prompt(self, tenant: str, name: str, messages: list) -> HotPrompt:
         """The source's hot prompt for this request (NO_HOT without a source). A source that

@@ -75,6 +75,17 @@ class TenantAdapters:
     previous: int | None = None  # where a failed load falls back to
     versions: dict[int, Version] = field(default_factory=dict)
 
+    @property
+    def served(self) -> Version | None:
+        """The version the pointer names (None: the base)."""
+        return self.versions[self.current] if self.current is not None else None
+
+
+def served(state: dict[str, TenantAdapters], tenant: str) -> Version | None:
+    """The version `tenant` is pointed at in a loaded registry state (None: the base)."""
+    t = state.get(tenant)
+    return t.served if t else None
+
 
 class Registry:
     def __init__(self, home: Path):
@@ -116,8 +127,7 @@ class Registry:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def current(self, tenant: str) -> Version | None:
-        t = self.load().get(tenant)
-        return t.versions[t.current] if t and t.current is not None else None
+        return served(self.load(), tenant)
 
     def version_dir(self, tenant: str, version: int) -> Path:
         return self.root / tenant / f"v{version}"

@@ -16,7 +16,7 @@ import pytest
 from serving_helpers import FakeEngine, make_adapter
 
 from agent.runtime import RuntimeConfig
-from agent.runtime.hot import held
+from agent.runtime.served import held
 from agent.runtime.learner import Learner
 from agent.runtime.planner import HotMemory, Limits, TenantState, next_bake
 from memory import MemoryStore

@@ -1,7 +1,7 @@
 """The hot tier: the memories the served weights do not hold, put in each request's prompt.
 
-What a version holds is the bake ledger's record for it (`store.adapter(tenant, name)`): the
-memories verified in its weights. The gateway asks `HotTier.prompt` once per request with the
+What a version holds is the bake ledger's record for it (served.py: the memories verified in its
+weights). The gateway asks `HotTier.prompt` once per request with the
 version it routes that request to (serving/hot.py), so a memory leaves the prompt exactly when the
 gateway routes to a version holding it, and comes back the moment it routes to one that does not
 (a rollback, a failed load).
@@ -25,34 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from memory import Memory, MemoryStore, Prompt, UnknownAdapter, UnknownTenant
+from memory import Memory, MemoryStore, Prompt, UnknownTenant
 from memory.retrieval import retrieve
 from serving.hot import NO_HOT, HotPrompt
-from serving.registry import Registry
+from serving.registry import Registry, served
+
+from .served import held
 
 log = logging.getLogger("bakehouse.runtime.hot")
 TIERS = ("retrieval", "static")
-
-
-def held(store: MemoryStore, tenant: str, version: str | None) -> tuple[int, ...]:
-    """The memories verified in the weights of `version` ("<tenant>@v<N>"; None or a name the
-    ledger does not know, such as the base model's: nothing)."""
-    if version is None:
-        return ()
-    try:
-        return store.adapter(tenant, version).memory_ids
-    except UnknownAdapter:  # the base, or published by hand, not by the runtime
-        return ()
-
-
-def layers_of(store: MemoryStore, tenant: str, version: str | None) -> int:
-    """Layers in the stack of `version` (a version published by hand counts as one)."""
-    if version is None:
-        return 0
-    try:
-        return store.adapter(tenant, version).layer + 1
-    except UnknownAdapter:
-        return 1
 
 
 def hot_tier(cfg, count_tokens: Callable[[str], int] | None = None) -> "HotTier":
@@ -115,14 +96,13 @@ class HotTier:
             return False
         state, current = self.registry.load(), {}
         for tenant in store.tenants():
-            t = state.get(tenant)
-            served = t.versions[t.current].name if t and t.current is not None else None
-            holds = held(store, tenant, served)
+            v = served(state, tenant)
+            holds = held(store, tenant, v.name if v else None)
             unheld = [m for m in store.memories(tenant, valid_only=True) if m.id not in set(holds)]
             if not unheld:
                 continue
             idle = self.build(store, tenant, holds, [])
-            current[tenant] = TenantHot(served, tuple(m.id for m in unheld), idle.tokens,
+            current[tenant] = TenantHot(v.name if v else None, tuple(m.id for m in unheld), idle.tokens,
                                         self._out_of_service(store, tenant, holds, unheld, idle))
         self._seen, self.current = seen, current
         return True

@@ -22,8 +22,9 @@ from serving.registry import Registry
 
 from .bakes import BakeProcess
 from .config import RuntimeConfig
-from .hot import HotTier, held, hot_tier, layers_of
+from .hot import HotTier, hot_tier
 from .planner import HotMemory, Limits, TenantState, next_bake
+from .served import Record
 
 log = logging.getLogger("bakehouse.runtime")
 
@@ -35,6 +36,7 @@ class Learner:
 
         self.cfg, self.store, self.idle_for = cfg, store, idle_for
         self.registry = Registry(cfg.home)
+        self.record = Record(cfg.home, store)  # what each tenant is served and what it holds
         self.hot = hot or hot_tier(cfg, count_tokens)
         self.bake_config = BakeConfig.from_dict({"sampler": cfg.sampler, **cfg.bake_overrides})
         layer_rank = self.bake_config.rank * cfg.pursuit_rounds  # a pursuit's rounds make one layer
@@ -127,16 +129,15 @@ class Learner:
         return self.store.jobs.create(plan.tenant, plan.kind, plan.memory_ids, plan.parent)
 
     def tenant_states(self) -> list[TenantState]:
-        state = self.registry.load()
+        state = self.record.state()
         now = time.time()
         out = []
         for tenant in self.store.tenants():
-            t = state.get(tenant)
-            v = t.versions[t.current] if t and t.current is not None else None
-            holds = held(self.store, tenant, v.name if v else None)
+            v = self.record.served(tenant, state)
+            holds = self.record.holds(tenant, v)
             hot = [m for m in self.store.memories(tenant, valid_only=True) if m.id not in set(holds)]
             tries = self.store.jobs.failed_tries([m.id for m in hot])
-            layers = layers_of(self.store, tenant, v.name if v else None)
+            layers = self.record.layers(tenant, v)
             crashed = self._crashed.get(tenant)
             out.append(TenantState(
                 name=tenant,
@@ -148,8 +149,7 @@ class Learner:
     # -- running a job -------------------------------------------------------------------------
 
     def _start(self, job: Job) -> None:
-        t = self.registry.load().get(job.tenant)
-        served = t.versions[t.current] if t and t.current is not None else None
+        served = self.record.served(job.tenant)
         if job.kind == "bake" and (served.name if served else None) != job.parent_version:
             self.store.jobs.move(job.id, "running")
             self.store.jobs.move(job.id, "failed", reason=f"stale: {job.tenant} now serves "
@@ -163,7 +163,7 @@ class Learner:
         parent = self.registry.version_dir(job.tenant, served.version) if job.kind == "bake" and served else None
         recheck = []
         if parent is not None:
-            recheck = [m for m in (self.store.get(i) for i in held(self.store, job.tenant, served.name)) if m.valid]
+            recheck = [m for m in (self.store.get(i) for i in self.record.holds(job.tenant, served)) if m.valid]
         spec = {
             "model_dir": str(self.cfg.model_dir),
             "out_dir": str(self.cfg.work_dir / f"job-{job.id}"),
@@ -225,8 +225,8 @@ class Learner:
                            f"< {self.cfg.gate_general:.0%}")
         if recalled:
             reasons.append(f"forgotten memories still recalled: {recalled}")
-        t = self.registry.load().get(job.tenant)
-        served = t.versions[t.current].name if t and t.current is not None else None
+        v = self.record.served(job.tenant)
+        served = v.name if v else None
         if job.kind == "bake" and served != job.parent_version:
             reasons.append(f"stale: {job.tenant} now serves {served or 'the base'}")
         summary = {"graduated": graduated, "failed": [i for i in job.memory_ids if i not in graduated],
@@ -242,7 +242,7 @@ class Learner:
         except ServingError as e:
             self.store.jobs.move(job.id, "failed", reason=f"publish refused: {e}", result=summary)
             return None
-        layer = layers_of(self.store, job.tenant, job.parent_version) if job.kind == "bake" else 0
+        layer = self.record.layers(job.tenant, job.parent_version) if job.kind == "bake" else 0
         self.store.record_bake(job.tenant, v.name, memory_ids=sorted(set(kept) | set(graduated)),
                                prompt_hash=(result.get("bake") or {}).get("prompt_sha256", ""),
                                parent=job.parent_version if job.kind == "bake" else None, layer=layer,
@@ -257,19 +257,19 @@ class Learner:
         """A served version holding a forgotten or superseded memory is replaced at once by the
         newest version that holds none (or the base); what graduated since returns to the hot
         tier by itself (hot prompts are per version), and the planner bakes it again."""
-        state = self.registry.load()
+        state = self.record.state()
         for tenant, t in state.items():
-            if t.current is None:
+            cur = t.served
+            if cur is None:
                 continue
-            cur = t.versions[t.current]
             invalid = {m.id for m in self._invalid_ever_held(tenant)}
-            bad = set(held(self.store, tenant, cur.name)) & invalid
+            bad = set(self.record.holds(tenant, cur)) & invalid
             if not bad:
                 continue
             target = next((v for n, v in sorted(t.versions.items(), reverse=True)
                            if n != t.current and v.status == "ready"
                            and self.registry.version_dir(tenant, n).is_dir()
-                           and not set(held(self.store, tenant, v.name)) & invalid), None)
+                           and not set(self.record.holds(tenant, v)) & invalid), None)
             if target is not None:
                 self.registry.rollback(tenant, target.version)
             else:

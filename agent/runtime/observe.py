@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .hot import held
 
 BAKE_BUCKETS = (30, 60, 120, 300, 600, 1200, 2400, 4800)
 OUTCOMES = {"done": "published", "rejected": "rejected", "failed": "failed"}
@@ -33,12 +32,10 @@ def take_snapshot(learner) -> Snapshot:
         snap.hot_memories[tenant] = len(h.memory_ids)
         snap.hot_tokens[tenant] = h.tokens
         snap.out_of_service[tenant] = len(h.out_of_service)
-    state = learner.registry.load()
+    state = learner.record.state()
     for tenant in learner.store.tenants():
-        t = state.get(tenant)
-        name = t.versions[t.current].name if t and t.current is not None else None
         live = {m.id for m in learner.store.memories(tenant, valid_only=True)}
-        snap.graduated[tenant] = len(set(held(learner.store, tenant, name)) & live)
+        snap.graduated[tenant] = len(set(learner.record.holds(tenant, learner.record.served(tenant, state))) & live)
     for tenant, st, result in learner.store.db.execute(
             "SELECT tenant, state, result FROM jobs WHERE state IN ('done', 'rejected', 'failed')"):
         key = (tenant, OUTCOMES[st])

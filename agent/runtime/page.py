@@ -21,9 +21,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from baker.report import kl_chart
 from memory import MemoryStore, approx_tokens
-from serving.registry import Registry
+from serving.registry import Registry, served
 
-from .hot import held
+from .served import Record
 from .status import collect
 
 ADMIN_FILE = "admin.json"
@@ -86,9 +86,7 @@ def render_page(home: Path, refresh_seconds: int = 5) -> str:
     state = Registry(home).load()
     with MemoryStore.in_home(home, actor="status-page") as store:
         for tenant, t in st["tenants"].items():
-            reg = state.get(tenant)
-            version = reg.versions[reg.current].name if reg and reg.current is not None else None
-            holds = set(held(store, tenant, version))
+            holds = set(Record(home, store).holds(tenant, served(state, tenant)))
             live = store.memories(tenant, valid_only=True)
             tries = store.jobs.failed_tries([m.id for m in live])
             hot = [m for m in live if m.id not in holds]

@@ -11,8 +11,8 @@ from memory import MemoryStore
 from serving.gateway import read_status
 from serving.registry import Registry
 
-from .hot import held, layers_of
 from .runtime import STATUS_FILE
+from .served import Record
 
 
 def collect(home: Path) -> dict:
@@ -34,17 +34,17 @@ def collect(home: Path) -> dict:
         "tenants": {},
     }
     with MemoryStore.in_home(home, actor="status") as store:
+        record = Record(home, store)
         for tenant in store.tenants():
-            t = state.get(tenant)
-            v = t.versions[t.current] if t and t.current is not None else None
+            v = record.served(tenant, state)
             served = (live_gw or {}).get("routes", {}).get(tenant, "base") if live_gw else (v.name if v else "base")
             name = v.name if v else None
-            holds = set(held(store, tenant, name))
+            holds = set(record.holds(tenant, v))
             live = store.memories(tenant, valid_only=True)
             hot = [m for m in live if m.id not in holds]
             tries = store.jobs.failed_tries([m.id for m in hot])
             rt_hot = (rt or {}).get("hot", {}).get(tenant)
-            layers = layers_of(store, tenant, name)
+            layers = record.layers(tenant, v)
             jobs = store.jobs.list(tenant)
             finished = [j for j in jobs if j.state in ("done", "rejected", "failed")]
             last = finished[-1] if finished else None
