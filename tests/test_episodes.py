@@ -1,5 +1,7 @@
 """Episodes: the gateway's queue of conversation turns, the runtime's reader, idle closing, and
-summaries by the tenant's model (a scripted one here; the real SmolLM2 in the last test)."""
+summaries of what the user said by the tenant's model (a scripted one here: the unit under test is
+the summariser; the real SmolLM2 in the vLLM test). The statement and grounding rules themselves are
+tabled in test_episode_grounding.py."""
 from __future__ import annotations
 
 import json
@@ -18,19 +20,24 @@ from serving_helpers import FakeEngine
 from agent.cli import cli
 from agent.runtime import RuntimeConfig
 from agent.runtime.episodes import (
+    NOTHING_SAID,
+    SUMMARY_ASK,
     EpisodeReader,
+    ModelError,
     ModelUnavailable,
     ServedModel,
     check_summary,
     close_idle,
     episode_rows,
+    grounded,
     summarise_closed,
+    user_statements,
 )
 from memory import MemoryStore
 from serving.config import ServeConfig
 from serving.episodes import CONVERSATION_HEADER, append_episode, episodes_path, read_episodes
 from serving.gateway import Gateway, create_app
-from serving.hot import write_hot
+from serving.hot import HotPrompt
 from serving.tenants import TenantStore
 
 
@@ -68,7 +75,8 @@ def gw(home, tiny_model_dir):
     keys = {n: store.add(n)[1] for n in ("alice", "bob")}
     bodies: list = []
     gateway = Gateway(ServeConfig(model_dir=tiny_model_dir, poll_interval=0.05), home, engine=FakeEngine(),
-                      transport=httpx.ASGITransport(app=fake_vllm(bodies)))
+                      transport=httpx.ASGITransport(app=fake_vllm(bodies)),
+                      hot_source=lambda tenant, served, messages: HotPrompt("HOT MEMORIES", 3))
     with TestClient(create_app(gateway)) as client:
         _wait(lambda: gateway.ready)
         yield client, gateway, keys, bodies
@@ -99,8 +107,6 @@ def _turns(records):
 
 def test_each_turn_is_queued_once_without_the_hot_prompt(gw, home):
     client, gateway, keys, bodies = gw
-    write_hot(home, {"alice": {"*": {"text": "HOT MEMORIES", "tokens": 3}}})
-    _wait(lambda: "alice" in gateway.hot)
     history = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}]
     r = _chat(client, keys["alice"], history, conv="c1")
     assert r.status_code == 200
@@ -251,15 +257,31 @@ class Scripted:
         return a
 
 
+def _closed(home, store, conv, *texts, tenant="alice"):
+    """A conversation of alternating user and assistant `texts`, recorded and closed."""
+    _turn(home, conv, 0, *texts, tenant=tenant)
+    EpisodeReader(store, home).poll()
+    close_idle(store, 1, now=datetime.now(timezone.utc) + timedelta(minutes=2))
+    return store.conversation_episode(tenant, conv)
+
+
 @pytest.fixture
 def closed(home, store):
-    _turn(home, "c1", 0, "I'm planning a trip to Lisbon in May.", "Lisbon in May is warm and sunny.")
-    EpisodeReader(store, home).poll()
-    (ep,) = close_idle(store, 1, now=datetime.now(timezone.utc) + timedelta(minutes=2))
-    return ep
+    return _closed(home, store, "c1", "I'm planning a trip to Lisbon in May.", "Lisbon in May is warm and sunny.")
 
 
-GOOD = "The user is planning a trip to Lisbon in May and heard it is warm."
+GOOD = "The user is planning a trip to Lisbon in May."
+THEIR_WORDS = 'The user said: "I\'m planning a trip to Lisbon in May."'  # the extractive summary
+
+
+def test_a_grounded_summary_is_kept_as_the_model_said_it(store, closed):
+    model = Scripted(f'"{GOOD}"')
+    (m,) = summarise_closed(store, model, max_tries=3)
+    assert (m.kind, m.text) == ("episode_summary", GOOD)
+    asked = model.calls[0][1][0]["content"]
+    assert "I'm planning a trip to Lisbon in May." in asked and SUMMARY_ASK in asked
+    assert "warm" not in asked  # the assistant's answer is not asked about
+    assert grounded(m.text, user_statements(closed.messages)) == (True, None)
 
 
 @pytest.mark.parametrize("answer, reason", [
@@ -269,38 +291,120 @@ GOOD = "The user is planning a trip to Lisbon in May and heard it is warm."
     ("The user " + "talked about many things and " * 30, "too long"),
     ("I'm planning a trip to Lisbon in May.", "echoes the prompt"),
     ("User: I'm so glad you enjoyed the trip.", "echoes the prompt"),
-    ("In one sentence, what did the user talk about?", "echoes the prompt"),
+    (SUMMARY_ASK, "echoes the prompt"),
     ("The trip trip trip trip trip trip trip trip trip", "repeats itself"),
     ("the user said the user said the user said the user said", "repeats itself"),
-    (httpx.ConnectError("engine gone"), "model error"),
+    # what only the assistant said, a name nobody said, the user's facts left out
+    ("The user is planning a trip to Lisbon in May, where it is warm and sunny.", "not grounded: only 60%"),
+    ("The user is planning a trip to Porto in May.", "a name the user never said: Porto"),
+    ("The user mentioned that they are planning a trip.", "leaves out what the user said: Lisbon, May"),
 ])
-def test_a_failed_summary_stores_nothing_and_the_episode_waits_for_a_retry(store, closed, answer, reason):
-    model = Scripted(answer, GOOD)
+def test_an_unusable_summary_is_dropped_and_the_users_own_words_are_stored(store, closed, answer, reason, caplog):
+    model = Scripted(answer)
+    with caplog.at_level(logging.WARNING, logger="bakehouse.runtime.episodes"):
+        (m,) = summarise_closed(store, model, max_tries=3)
+    assert m.text == THEIR_WORDS and store.episode(closed.id).summarised
+    assert store.episode(closed.id).summary_tries == 0  # stored at once: a retry would not be better
+    assert "dropped the model's summary" in caplog.text and reason in caplog.text  # what was dropped, why
+    assert summarise_closed(store, model, max_tries=3) == [] and len(model.calls) == 1
+
+
+def test_a_model_error_stores_nothing_and_the_episode_waits_for_a_retry(store, closed):
+    model = Scripted(httpx.ConnectError("engine gone"), GOOD)
     assert summarise_closed(store, model, max_tries=3) == []
     ep = store.episode(closed.id)
     assert (ep.status, ep.summarised, ep.summary_tries) == ("closed", False, 1)
-    assert reason in ep.summary_error and len(ep.messages) == 2  # the transcript is kept
+    assert "model error" in ep.summary_error and len(ep.messages) == 2  # the transcript is kept
     assert store.memories("alice", kind="episode_summary") == []
-    (m,) = summarise_closed(store, model, max_tries=3)  # the next tick tries again, sampling
-    assert model.calls[1][2] > 0 and m.text == GOOD
-    assert store.episode(closed.id).summary_error is None
+    (m,) = summarise_closed(store, model, max_tries=3)  # the next tick tries again
+    assert m.text == GOOD and store.episode(closed.id).summary_error is None
 
 
-def test_a_summary_is_stored_hot_and_tries_are_capped(store, closed, home):
-    model = Scripted("", "x", "")
+@pytest.mark.parametrize("user, assistant", [
+    ("What is the Silver Stag?", "The 100-year-old Silver Stag is a historic landmark in Dunmere."),
+    ("Hello", "Hello! I'm sorry for the misunderstanding."),
+    ("who wrote hamlet", "Hamlet was written by Shakespeare."),
+    ("Tell me a joke about cats.", "Why did the cat sit on the computer? To keep an eye on the mouse."),
+    ("ok thanks!", "You're welcome!"),
+])
+def test_a_conversation_in_which_the_user_stated_nothing_stores_no_memory_and_is_left_alone(
+        home, store, user, assistant):
+    ep = _closed(home, store, "c1", user, assistant)
+    model = Scripted()  # an empty script: asking it would be a model error
+    for _ in range(4):
+        assert summarise_closed(store, model, max_tries=3) == []
+    ep = store.episode(ep.id)
+    assert model.calls == [] and store.memories("alice", kind="episode_summary") == []
+    assert (ep.summary_error, ep.summary_tries, ep.summarised) == (NOTHING_SAID, 1, False)  # marked once
+    (row,) = episode_rows(store)
+    assert row["status"] == "skipped"  # not a failure
+
+
+def test_episodes_without_statements_do_not_hold_back_the_others(home, store):
+    for i in range(5):
+        _closed(home, store, f"q{i}", f"What is {i} plus {i}?", f"{i + i}.")
+    _closed(home, store, "c9", "My cat Miso is three.", "Lovely!")
+    (m,) = summarise_closed(store, Scripted("The user's cat Miso is three."), max_tries=3, limit=1)
+    assert m.text == "The user's cat Miso is three."
+
+
+@pytest.mark.parametrize("answer, stored", [
+    ("The user mentioned a user's locker code, which is a common practice in the context of a conversation.",
+     'The user said: "My locker code is 7734."'),  # measured: the code itself was lost
+    ("The user mentioned their locker code.", 'The user said: "My locker code is 7734."'),
+    ("The user told me that they have a locker code of 7734.",  # measured with the new prompt
+     "The user told me that they have a locker code of 7734."),
+])
+def test_the_locker_code_survives_its_summary(home, store, answer, stored):
+    _closed(home, store, "c1", "My locker code is 7734. Please remember my locker code.", "Sure, I'll remember it.")
+    model = Scripted(answer)
+    (m,) = summarise_closed(store, model, max_tries=3)
+    assert m.text == stored and "7734" in m.text
+    asked = model.calls[0][1][0]["content"]
+    assert "My locker code is 7734." in asked and "Please remember" not in asked and "Sure" not in asked
+
+
+@pytest.mark.parametrize("answer", [
+    "The user mentioned that the 100-year-old Silver Stag is a historic landmark in Dunmere.",  # measured
+    "The user said the Silver Stag is a historic landmark in Dunmere.",
+    "The user is going to the Silver Stag, a landmark in Dunmere, next week.",
+])
+def test_a_summary_asserting_what_only_the_assistant_said_is_dropped(home, store, answer, caplog):
+    _closed(home, store, "c1", "I'm going to the Silver Stag next week.",
+            "The 100-year-old Silver Stag is a historic landmark in Dunmere.",
+            "What should I see there?", "The old bridge of Dunmere, built in 1820.")
+    model = Scripted(answer)
+    with caplog.at_level(logging.WARNING, logger="bakehouse.runtime.episodes"):
+        (m,) = summarise_closed(store, model, max_tries=3)
+    assert m.text == 'The user said: "I\'m going to the Silver Stag next week."'
+    assert "Dunmere" not in m.text and "landmark" not in m.text
+    assert "Dunmere" not in model.calls[0][1][0]["content"]  # it was never shown what the assistant said
+    assert "not grounded" in caplog.text and "Dunmere" in caplog.text
+
+
+def test_what_the_user_asked_to_be_remembered_survives_a_long_conversation(home, store):
+    chat = []
+    for i in range(8):
+        chat += [f"My neighbour number {i} grows tomatoes, beans and pumpkins in the garden.", "Nice."]
+    chat += ["My gate code is 4412, please remember it.", "Sure."]
+    _closed(home, store, "c1", *chat)
+    (m,) = summarise_closed(store, Scripted("The user talked about gardens."), max_tries=3)
+    assert m.text.startswith('The user said: "My gate code is 4412." "My neighbour number 0 ')
+    assert len(m.text) <= 400 and "number 7" not in m.text  # capped
+
+
+def test_tries_are_capped_and_a_summary_is_stored_hot(store, closed, home):
+    model = Scripted(*[ModelError("HTTP 500")] * 3)
     for _ in range(5):
         summarise_closed(store, model, max_tries=3)
     assert len(model.calls) == 3 and store.episode(closed.id).summary_tries == 3  # then left alone
-    model = Scripted(f'"{GOOD}"')
-    _turn(home, "c9", 0, "My cat Miso is three.", "Lovely!")
-    EpisodeReader(store, home).poll()
-    close_idle(store, 1, now=datetime.now(timezone.utc) + timedelta(minutes=2))
-    (m,) = summarise_closed(store, model, max_tries=3)
-    assert (m.kind, m.text, m.source) == ("episode_summary", GOOD, f"episode:{m.source.split(':')[1]}")
-    assert "My cat Miso is three." in model.calls[0][1][0]["content"]  # the transcript was asked about
-    assert GOOD in store.compose("alice").text  # hot at once
+    _closed(home, store, "c9", "My cat Miso is three.", "Lovely!")
+    (m,) = summarise_closed(store, Scripted("The user's cat Miso is three."), max_tries=3)
+    assert (m.kind, m.text, m.source) == ("episode_summary", "The user's cat Miso is three.",
+                                          f"episode:{m.source.split(':')[1]}")
+    assert m.text in store.compose("alice").text  # hot at once
     rows = {r["conversation_id"]: r for r in episode_rows(store)}
-    assert rows["c9"]["status"] == "summarised" and rows["c9"]["summary"] == GOOD
+    assert rows["c9"]["status"] == "summarised" and rows["c9"]["summary"] == m.text
     assert rows["c1"]["status"] == "closed" and rows["c1"]["summary_tries"] == 3
 
 
@@ -314,13 +418,16 @@ def test_check_summary_cleans_a_good_one():
 
 
 def test_bakehouse_episodes_lists_status_and_summary_or_failure(home, store, closed):
-    summarise_closed(store, Scripted(""), max_tries=3)
+    _closed(home, store, "c3", "Hello", "Hi! How can I help?")
+    summarise_closed(store, Scripted(ModelError("HTTP 500: boom")), max_tries=3)  # c3: not asked
     _turn(home, "c2", 0, "hello there", "hi", tenant="bob")
     EpisodeReader(store, home).poll()
     r = CliRunner().invoke(cli, ["episodes", "--home", str(home)])
     assert r.exit_code == 0, r.output
-    assert "alice" in r.output and "c1" in r.output and "closed" in r.output and "empty summary" in r.output
-    assert "bob" in r.output and "open" in r.output
+    lines = {line.split()[2]: line for line in r.output.splitlines()[1:]}
+    assert "alice" in lines["c1"] and "closed" in lines["c1"] and "failed 1x: model error" in lines["c1"]
+    assert "skipped" in lines["c3"] and "nothing to remember" in lines["c3"] and "failed" not in lines["c3"]
+    assert "bob" in lines["c2"] and "open" in lines["c2"]
     r = CliRunner().invoke(cli, ["episodes", "--tenant", "bob", "--json", "--home", str(home)])
     (row,) = json.loads(r.output)
     assert (row["tenant"], row["conversation_id"], row["status"], row["messages"]) == ("bob", "c2", "open", 2)
@@ -369,7 +476,6 @@ def test_a_conversation_through_the_gateway_is_recorded_and_summarised_by_the_re
 def test_the_runtime_records_closes_and_summarises_into_the_hot_tier(home, tiny_model_dir, monkeypatch):
     from agent.runtime.runtime import Runtime
     from serving.feedback import append_feedback
-    from serving.hot import read_hot
 
     rt = Runtime(RuntimeConfig(home=home, model_dir=tiny_model_dir, episode_idle=0.001), engine=FakeEngine())
     try:
@@ -387,7 +493,8 @@ def test_the_runtime_records_closes_and_summarises_into_the_hot_tier(home, tiny_
         monkeypatch.setattr(ServedModel, "__call__", lambda self, tenant, messages, **kw: GOOD)
         rt.summarise_episodes()
         assert store.episode(ep.id).summarised
-        assert GOOD in read_hot(home)["alice"]["*"]  # in the hot tier at once
+        asked = [{"role": "user", "content": "What about my trip to Lisbon?"}]
+        assert GOOD in rt.hot.prompt("alice", "base", asked).text  # in the hot tier at once
     finally:
         if rt.learner is not None:
             rt.learner.stop()

@@ -204,6 +204,8 @@ def episodes(tenant, as_json, home):
     for r in rows:
         if r["summary"] is not None:
             note = _short(r["summary"], 60)
+        elif r["status"] == "skipped":  # the user stated nothing: a reason, not a failure
+            note = _short(r["summary_error"], 60)
         elif r["summary_error"]:
             note = f"failed {r['summary_tries']}x: {_short(r['summary_error'], 50)}"
         else:

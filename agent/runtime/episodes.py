@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -134,7 +135,7 @@ ACKNOWLEDGEMENTS = frozenset(
     "excellent fine alright right got it bye goodbye see later soon sorry oh ah hmm hm lol haha wow well "
     "so very much a lot all there everyone again i understand understood agree think know don't makes "
     "sense sounds that's that is it's true exactly indeed of course problem worries welcome please "
-    "interesting amazing really just bot assistant".split())
+    "interesting amazing really just bot assistant are you're it this was helpful".split())
 REQUEST_VERBS = frozenset(
     "please tell write give explain show list describe summarise summarize translate help make find "
     "create generate suggest recommend compare define calculate draft repeat say answer continue remind "
@@ -143,6 +144,8 @@ FILLERS = frozenset("so and but well oh also then ok okay hey".split())  # skipp
 # "Remember (that) my code is 7734." keeps its fact; "Please remember my locker code." has none
 _REMEMBER = re.compile(r"^(?:please\s+)?(?:remember|note|keep in mind|bear in mind|(?:do not|don't|never) "
                        r"forget)\b\s*(that\b|[:,])?\s*(.*)$", re.I)
+_REMEMBER_AFTER = re.compile(r"[,;]\s*(?:and\s+|so\s+)?(?:please\s+)?(?:remember|note|keep in mind|"
+                             r"(?:do not|don't) forget)\b[^,;]*$", re.I)  # "X, please remember it."
 _COPULA = re.compile(r"\b(?:is|are|am|was|were)\b|\w'(?:s|m|re)\b|\d", re.I)
 NOTHING_SAID = "nothing to remember: the user stated nothing"
 
@@ -188,10 +191,13 @@ def _classify(sentence: str) -> tuple[str, str]:
         fact = m.group(2).strip()
         keep = fact and (m.group(1) or _COPULA.search(fact))
         return "remember", fact[0].upper() + fact[1:] if keep else ""
+    if m := _REMEMBER_AFTER.search(s):  # "My code is 7734, please remember it."
+        return "remember", _classify(s[:m.start()] + ".")[1]
     if s.endswith("?"):  # "My code is 7734, can you remember it?": the statement before the question
         for m in re.finditer(r",\s+(?:(?:and|so|but)\s+)?([\w']+)", s):
             if m.group(1).lower() in QUESTION_WORDS | AUXILIARIES:
-                return _classify(s[:m.start()] + ".")
+                kind, statement = _classify(s[:m.start()] + ".")
+                return ("remember" if "remember" in s[m.start():].lower() else kind), statement
         return "question", ""
     first, second = ([w for w in words if w not in FILLERS] + ["", ""])[:2]
     if first in QUESTION_WORDS and not (s.endswith(".") and "," in s):  # not "When I was ten, we ..."
@@ -220,10 +226,12 @@ STOPWORDS = frozenset(
     "does did doing will would can could should shall may might must not no yes i i'm me my mine you "
     "your he him his she her we us our they them their theirs who whom which what when where why how "
     "all any some each every also just very too only own same such more most other again once out up "
-    "down off one's".split()) | frozenset(  # the summary's boilerplate
+    "down off one's i'll i've i'd you're you've they're they've we're we've he's she's that's don't "
+    "doesn't didn't isn't aren't can't".split()) | frozenset(  # the summary's boilerplate
     "user user's users assistant conversation mentioned mention mentions said say says told tell tells "
     "asked ask asks talked talk talks stated states state shared shares explained explains noted notes "
     "wants want wanted like likes would shared sentence".split())
+NOT_NAMES = frozenset("i i'm i'll i've i'd user user's users assistant".split())
 _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
 
 
@@ -258,9 +266,9 @@ def lost_facts(summary: str, statements: list[str]) -> list[str]:
 
 
 def _names(text: str) -> list[str]:
-    """Capitalised words but each sentence's first (and "The", "I", "User", ...)."""
-    return [w for s in _sentences(text) for w in re.findall(r"[\w']+", s.lstrip("\"'("))[1:]
-            if w[0].isupper() and w.lower() not in STOPWORDS]
+    """Capitalised words but each sentence's first and those capitalised by grammar ("I'm", "User")."""
+    return [w for s in _sentences(text) for w in re.findall(r"\w[\w']*", s)[1:]
+            if w[0].isupper() and w.lower() not in NOT_NAMES]
 
 
 def _stem(word: str) -> str:
@@ -272,10 +280,17 @@ def _stem(word: str) -> str:
 
 
 def _said(word: str, stems: set[str]) -> bool:
-    """`word` (or a form of it: "codes" ~ "code", "lives" ~ "lived") is among `stems`."""
+    """`word` (or a form of it: "codes" ~ "code", "lives" ~ "lived", "allergy" ~ "allergic") is
+    among `stems`: one a prefix of the other, or a long common prefix."""
     w = _stem(word)
-    return w in stems or any(len(short) >= 3 and len(long) - len(short) <= 3 and long.startswith(short)
-                             for t in stems for short, long in [sorted((w, t), key=len)])
+    return w in stems or any(_akin(w, t) for t in stems)
+
+
+def _akin(a: str, b: str) -> bool:
+    short, long = sorted((a, b), key=len)
+    common = len(os.path.commonprefix([a, b]))
+    return (len(short) >= 3 and len(long) - len(short) <= 3 and long.startswith(short)) or (
+        common >= 5 and common >= len(short) - 2)
 
 
 # 3c. the summary: the model's if it is grounded and keeps the facts, else the user's own words
@@ -333,7 +348,7 @@ _INSTRUCTIONS = SUMMARY_INTRO + " " + SUMMARY_ASK
 
 
 def _words(s: str) -> list[str]:
-    return re.findall(r"[\w']+", s.lower())
+    return [w.strip("'") for w in re.findall(r"[\w']+", s.lower()) if w.strip("'")]
 
 
 def _grams(words: list[str], n: int) -> set[tuple[str, ...]]:
