@@ -98,6 +98,8 @@ class Runtime:
     def poll_feeds(self) -> None:
         from memory import feeds
 
+        if self._stopping.is_set():
+            return
         learner = self._learner()
         for f in feeds.due_feeds(learner.store, self.cfg.feed_minutes):
             r = feeds.poll_feed(learner.store, f)
@@ -119,6 +121,8 @@ class Runtime:
 
     def learn_feedback(self) -> None:
         """Instructions from the gateway's feedback queue: hot at once, baked like any memory."""
+        if self._stopping.is_set():  # the store is closed, or about to be
+            return
         episodes, feedback = self._readers()
         episodes.poll()  # first: a comment may be about a turn still in the episode queue
         learned = feedback.poll()
@@ -132,6 +136,8 @@ class Runtime:
         tenant's served model into episode_summary memories (hot at once)."""
         from .episodes import ServedModel, close_idle, summarise_closed
 
+        if self._stopping.is_set():
+            return
         episodes, _ = self._readers()
         episodes.poll()
         store = self.learner.store
