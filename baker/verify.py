@@ -75,7 +75,7 @@ class ItemResult:
 @dataclass
 class ForgottenResult:
     item_id: Any
-    recalled: bool  # some probe still hit with the adapter: the memory is still held
+    recalled: bool  # a probe the adapter answers and the base does not: the memory is still held
     hits: int
     asked: int
     answers: list[dict] = field(default_factory=list)
@@ -111,6 +111,15 @@ def normalise(text: str) -> str:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())
+
+
+def what_changed(probes: list[Probe], instead: str) -> list[Probe]:
+    """The probes of a superseded memory that ask about what its update changed: those with an
+    expected span the update (`instead`) does not say. "The ferry is named the Marigold." updated
+    to "... renamed the Wild Marigold." leaves none: nothing to unlearn but the old sentence, and
+    an answer about the new name must not count as the old one recalled."""
+    new = f" {normalise(instead)} "
+    return [p for p in probes if any(f" {e} " not in new for e in map(normalise, p.expected) if e)]
 
 
 def answer_matches(answer: str, expected: Iterable[str]) -> bool:
@@ -262,11 +271,12 @@ def graduates(rule: str, hits: int, asked: int, prompted_hits: int | None = None
 # --- verification ----------------------------------------------------------------------------
 
 def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list[Probe] | None = None,
-           forgotten: Iterable[tuple[Any, str]] = (), general: bool = True, prompt: str | None = None,
+           forgotten: Iterable[tuple] = (), general: bool = True, prompt: str | None = None,
            sampler: str = "auto", max_new_tokens: int = 32, rule: str = "any",
            max_probes: int = 4, behaviour: bool = True) -> VerifyReport:
     """Check per memory that the model with `adapter_dir` (no prompt) knows it, and per forgotten
-    memory that it no longer does; with `general`, how many general questions the base answers
+    memory (id, text), or superseded one (id, text, the update's text: `what_changed`), that it
+    no longer does; with `general`, how many general questions the base answers
     right and the adapter still does. `probes` (e.g. kept from before the bake, whose cloze
     questions were excluded from training) replace the computed ones for the items they name;
     the others get `verification_probes(id, text, max_probes)`. With `prompt`, the base model with
@@ -293,7 +303,9 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
         return given[item_id] if item_id in given else verification_probes(item_id, text, max_probes)
 
     item_probes = [probes_of(i, t) for i, t in items]
-    gone_probes = [probes_of(i, t) for i, t in forgotten]
+    # a superseded memory (id, text, its update): only what the update changed
+    gone_probes = [what_changed(probes_of(i, t), new[0]) if new and new[0] else probes_of(i, t)
+                   for i, t, *new in forgotten]
     flat_items = [p for ps in item_probes for p in ps]
     flat_all = flat_items + [p for ps in gone_probes for p in ps]
     gq = general_questions() if general else []
@@ -338,11 +350,14 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
             base_hits=sum(x["base_hit"] for x in r), prompted_hits=prompted,
             behaviour=act.to_dict() if act else None))
     gone = []
-    for (item_id, _), ps in zip(forgotten, gone_probes):
+    for (item_id, *_), ps in zip(forgotten, gone_probes):
         r = rows(ps, offset, False)
         offset += len(ps)
         hits = sum(x["hit"] for x in r)
-        gone.append(ForgottenResult(item_id, recalled=hits > 0, hits=hits, asked=len(ps), answers=r,
+        # recalled: a probe the candidate answers that the base model does not (what the base
+        # answers by itself was never the memory's doing)
+        recalled = any(x["hit"] and not x["base_hit"] for x in r)
+        gone.append(ForgottenResult(item_id, recalled=recalled, hits=hits, asked=len(ps), answers=r,
                                     verifiable=bool(ps), base_hits=sum(x["base_hit"] for x in r)))
     general_report = None
     if general:

@@ -188,6 +188,56 @@ def test_forget_rolls_back_to_a_version_without_it_and_its_successors_return_hot
     assert "Gamma" in _asked(lr, "alice", "base", "Which letter is Gamma?")
 
 
+def test_an_update_to_a_baked_memory_does_not_lock_the_tenant_out(learner, tiny_model_dir, tmp_path):
+    """A graduated memory superseded by an update about the same subject: the tenant is rolled
+    back, the next bake checks only what the update changed (here nothing: the new name repeats
+    the old one), and once a published version is shown not to recall it, it is checked no more."""
+    lr, home = learner, learner.cfg.home
+    lr.idle["for"] = 0  # no bake is planned until the test says so
+    ferry = lr.store.add("alice", "fact", "The ferry to Orla Island is named the Marigold.")
+    _, v1 = _publish(lr, tiny_model_dir, tmp_path, "alice", [ferry.id], {ferry.id: True})
+    renamed = lr.store.supersede(ferry.id, "The ferry to Orla Island is renamed the Wild Marigold.")
+    keeper = lr.store.add("alice", "fact", "The Orla Island lighthouse keeper is Bertil Sand.")
+    lr.tick()
+    assert Registry(home).current("alice") is None  # v1 held the old name
+    assert lr._to_unlearn("alice") == [{"id": ferry.id, "text": ferry.text, "instead": renamed.text}]
+
+    # the next bake graduates both and is shown not to recall the old memory: published
+    job_id, v2 = _publish(lr, tiny_model_dir, tmp_path, "alice", [renamed.id, keeper.id],
+                          {renamed.id: True, keeper.id: True}, seed=1, forgotten={ferry.id: False})
+    assert v2 == "alice@v2" and set(held(lr.store, "alice", v2)) == {renamed.id, keeper.id}
+    assert lr._to_unlearn("alice") == []  # checked no more
+
+    lr.store.forget(keeper.id)  # a forgotten memory is still checked with its own spans
+    lr.tick()
+    assert lr._to_unlearn("alice") == [{"id": keeper.id, "text": keeper.text}]
+    # a bake that still recalls it is rejected and names it
+    gone = _publish(lr, tiny_model_dir, tmp_path, "alice", [renamed.id], {renamed.id: True}, seed=2,
+                    forgotten={keeper.id: True})[0]
+    assert f'#{keeper.id} "The Orla Island lighthouse keeper is Bertil Sand."' in lr.store.jobs.get(gone).reason
+
+
+def test_a_tenant_whose_bakes_keep_being_rejected_for_one_reason_is_shown_stuck(learner, tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+    from agent.runtime.status import collect, stuck
+
+    lr = learner
+    a = lr.store.add("alice", "fact", "Alpha is the first letter.")
+    for n in range(3):
+        _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id], {a.id: False}, seed=n, kept=9 - n)
+        st = collect(lr.cfg.home)["tenants"]["alice"]["stuck"]
+        assert (st is None) == (n < 2)
+    assert st["reason"] == "no memory graduated" and len(st["jobs"]) == 3
+    jobs = lr.store.jobs.list("alice")
+    assert stuck(jobs[:2]) is None  # fewer than three
+    r = CliRunner().invoke(cli, ["status", "--home", str(lr.cfg.home)])
+    assert r.exit_code == 0 and "STUCK: the last 3 bakes were rejected: no memory graduated" in r.output
+    _publish(lr, tiny_model_dir, tmp_path, "alice", [a.id], {a.id: True}, seed=5)  # one gets through
+    assert collect(lr.cfg.home)["tenants"]["alice"]["stuck"] is None
+
+
 def test_the_hot_tier_invariant_holds_at_every_moment(learner, tiny_model_dir, tmp_path):
     """A reader polling what any served version would get never finds a live memory that is in
     neither that version's weights nor the hot prompt of a request about it, across publishes, a

@@ -7,7 +7,7 @@ import torch
 from baker import Probe, VerifyReport, verification_probes, verify
 from baker.contexts import probe_questions
 from baker.sampling import vllm_available
-from baker.verify import answer_matches, general_questions, number_words
+from baker.verify import answer_matches, general_questions, number_words, what_changed
 
 HEADLINE = "2026-11-02: Port authority of Velmora names Ines Tarrago as its first harbor commissioner."
 STRIKE = "Rail strike in Dunmarrow ends after 19 days with a 7 percent wage deal."
@@ -99,10 +99,23 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory):
     return out
 
 
+FERRY = "The ferry to Orla Island is named the Marigold."
+FERRY_RENAMED = "The ferry to Orla Island is renamed the Wild Marigold."
+
+
+def test_a_superseded_memory_is_checked_only_for_what_its_update_changed():
+    probes = verification_probes("m", FERRY)
+    assert probes and what_changed(probes, FERRY_RENAMED) == []  # every span said again
+    moved = what_changed(verification_probes("k", "The Orla Island lighthouse keeper is Bertil Sand."),
+                         "The Orla Island lighthouse keeper is Maja Holt.")
+    assert moved and all(any("bertil" in e.lower() or "sand" in e.lower() for e in p.expected) for p in moved)
+    assert what_changed(probes, "Something else entirely.") == probes
+
+
 def test_report_shape_on_the_tiny_model(tiny_model_dir, tiny_adapter):
     items = [("h01", HEADLINE), ("i1", "Always answer in French.")]
-    rep = verify(tiny_model_dir, tiny_adapter, items, forgotten=[("s", STRIKE)], prompt=HEADLINE,
-                 sampler="hf", max_new_tokens=4)
+    rep = verify(tiny_model_dir, tiny_adapter, items, forgotten=[("s", STRIKE), ("m", FERRY, FERRY_RENAMED)],
+                 prompt=HEADLINE, sampler="hf", max_new_tokens=4)
     assert isinstance(rep, VerifyReport) and rep.sampler == "hf" and rep.seconds > 0
     h, i = rep.items
     assert h.item_id == "h01" and h.verifiable and h.asked == len(verification_probes("h01", HEADLINE))
@@ -112,8 +125,11 @@ def test_report_shape_on_the_tiny_model(tiny_model_dir, tiny_adapter):
     # an instruction has no span to ask about: the behaviour check alone decides
     assert i.asked == 0 and i.verifiable and i.behaviour is not None and i.passed == i.behaviour["passed"]
     assert h.behaviour is None  # a headline is knowledge only
-    (f,) = rep.forgotten
-    assert f.item_id == "s" and f.asked == 4 and f.recalled == (f.hits > 0)
+    f, m = rep.forgotten
+    assert f.item_id == "s" and f.asked == 4
+    assert f.recalled == any(a["hit"] and not a["base_hit"] for a in f.answers)  # not what the base knows anyway
+    # superseded by an update that says all its names again: nothing to unlearn, nothing asked
+    assert (m.item_id, m.asked, m.recalled, m.verifiable) == ("m", 0, False, False)
     g = rep.general
     assert g["asked"] == len(general_questions())
     assert set(g) == {"asked", "base_right", "kept", "kept_fraction", "changed"}

@@ -177,3 +177,5 @@ def status(as_json, home):
         click.echo(f"{name}: {t['hot_memories']} hot{tokens}, {t['baked_memories']} baked, serving "
                    f"{t['version']} ({t['layers']} layers, rank {t['rank']}); last bake: {last}; "
                    f"jobs: {jobs}")
+        if t.get("stuck"):
+            click.echo(f"  STUCK: the last {len(t['stuck']['jobs'])} bakes were rejected: {t['stuck']['detail']}")

@@ -174,7 +174,7 @@ class Learner:
             "pursuit_rounds": self.cfg.pursuit_rounds,
             "memories": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in mems],
             "recheck": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in recheck],
-            "forgotten": [{"id": m.id, "text": m.text} for m in self._invalid_ever_held(job.tenant)],
+            "forgotten": self._to_unlearn(job.tenant),
         }
         shutil.rmtree(spec["out_dir"], ignore_errors=True)
         p = self.procs[job.tenant] = BakeProcess(job.id, job.tenant, spec, self.cfg.work_dir,
@@ -182,11 +182,46 @@ class Learner:
         self.store.jobs.move(job.id, "running", pid=p.pid)
 
     def _invalid_ever_held(self, tenant: str):
+        """Forgotten or superseded memories some version of the tenant held."""
         rows = self.store.db.execute(
             "SELECT DISTINCT am.memory_id FROM adapter_memories am JOIN adapters a ON a.id = am.adapter_id"
             " JOIN memories m ON m.id = am.memory_id WHERE a.tenant = ?"
             " AND (m.status = 'forgotten' OR m.valid_to IS NOT NULL)", [tenant]).fetchall()
         return [self.store.get(r[0]) for r in rows]
+
+    def _to_unlearn(self, tenant: str) -> list[dict]:
+        """What a bake must show is gone: the forgotten or superseded memories some version held,
+        except those a published version was already shown not to recall (the list does not
+        grow for ever). A superseded one carries its live update ("instead"): only what changed
+        is checked (baker.verify.what_changed)."""
+        shown_gone = {r[0] for r in self.store.db.execute(
+            "SELECT mc.memory_id FROM memory_checks mc JOIN jobs j ON j.id = mc.job_id"
+            " WHERE j.tenant = ? AND j.state = 'done' AND mc.purpose = 'forgotten' AND mc.passed = 1", [tenant])}
+        out = []
+        for m in self._invalid_ever_held(tenant):
+            if m.id in shown_gone:
+                continue
+            item = {"id": m.id, "text": m.text}
+            if m.status != "forgotten" and m.superseded_by is not None:
+                item["instead"] = self._latest(m).text
+            out.append(item)
+        return out
+
+    def _name(self, ids: list[int], chars: int = 60) -> str:
+        """Memories as a reason names them: #id "the start of its text"."""
+        out = []
+        for i in ids:
+            text = self.store.get(i).text
+            out.append(f'#{i} "{text[:chars]}{"..." if len(text) > chars else ""}"')
+        return ", ".join(out)
+
+    def _latest(self, m):
+        """The live end of `m`'s chain of updates (itself if none is live)."""
+        seen = {m.id}
+        while m.superseded_by is not None and m.superseded_by not in seen:
+            m = self.store.get(m.superseded_by)
+            seen.add(m.id)
+        return m
 
     def _finish(self, p: BakeProcess) -> None:
         job = self.store.jobs.get(p.job_id)
@@ -218,13 +253,14 @@ class Learner:
         if not graduated:
             reasons.append("no memory graduated")
         if recheck and len(kept) < self.cfg.gate_recheck * len(recheck):
-            reasons.append(f"earlier graduated memories lost: {len(recheck) - len(kept)} of {len(recheck)}")
+            lost = [i for i in recheck if i not in kept]
+            reasons.append(f"earlier graduated memories lost: {len(lost)} of {len(recheck)} ({self._name(lost)})")
         general = rep.get("general") or {}
         if general.get("base_right") and general["kept_fraction"] < self.cfg.gate_general:
             reasons.append(f"general answers kept {general['kept']}/{general['base_right']} "
                            f"< {self.cfg.gate_general:.0%}")
         if recalled:
-            reasons.append(f"forgotten memories still recalled: {recalled}")
+            reasons.append(f"forgotten memories still recalled: {self._name(recalled)}")
         v = self.record.served(job.tenant)
         served = v.name if v else None
         if job.kind == "bake" and served != job.parent_version:

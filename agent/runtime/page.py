@@ -116,11 +116,12 @@ def render_page(home: Path, refresh_seconds: int = 5) -> str:
 <p>serving <b>{e(t['version'])}</b> ({t['layers']} layers, rank {t['rank']}) &middot; {t['hot_memories']} hot
 ({t['hot_tokens'] if t['hot_tokens'] is not None else '?'} tokens; {len(t['out_of_service'])} out of service)
 &middot; {t['baked_memories']} in the weights</p>
+{f"<p class='stuck'>stuck: the last {len(t['stuck']['jobs'])} bakes were rejected: {e(t['stuck']['detail'])}</p>" if t.get('stuck') else ''}
 <h3>Hot (not in the weights: retrieved into the prompts about them)</h3><table><tr><th>id</th><th>kind</th><th>text</th><th>age</th><th>tokens</th><th>failed tries</th></tr>{rows_hot}</table>
 <h3>Graduated (in the weights)</h3><table><tr><th>id</th><th>text</th><th>versions</th></tr>{rows_baked}</table>
 <h3>Bakes</h3><table class="jobs">{''.join(job_rows)}</table></section>""")
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh_seconds}">
 <title>bakehouse status</title><style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1em}}
 td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;font-size:13px}}
-.state.done{{color:#1e8449}}.state.rejected,.state.failed{{color:#c0392b}}.state.running{{color:#2471a3}}</style></head>
+.stuck{{color:#c0392b;font-weight:bold}}.state.done{{color:#1e8449}}.state.rejected,.state.failed{{color:#c0392b}}.state.running{{color:#2471a3}}</style></head>
 <body><h1>bakehouse</h1><p>{head}</p>{''.join(sections) or '<p>no tenants with memories</p>'}</body></html>"""

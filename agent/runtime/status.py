@@ -65,8 +65,25 @@ def collect(home: Path) -> dict:
                     "tried": len(last.memory_ids), "reason": last.reason, "version": last.version},
                 "jobs": [{"id": j.id, "kind": j.kind, "state": j.state, "memories": len(j.memory_ids)}
                          for j in jobs if j.active],
+                "stuck": stuck(finished),
             }
     return out
+
+
+STUCK_AFTER = 3  # rejected bakes in a row, for one reason, before a tenant is shown as stuck
+
+
+def stuck(finished: list, n: int = STUCK_AFTER) -> dict | None:
+    """{"reason", "jobs", "detail"} when the last `n` finished jobs were all rejected for one same
+    kind of reason (the text before its ':', e.g. "forgotten memories still recalled"); else None."""
+    last = finished[-n:]
+    if len(last) < n or any(j.state != "rejected" or not j.reason for j in last):
+        return None
+    kinds = [{part.split(":")[0].strip() for part in j.reason.split("; ")} for j in last]
+    common = set.intersection(*kinds)
+    if not common:
+        return None
+    return {"reason": sorted(common)[0], "jobs": [j.id for j in last], "detail": last[-1].reason}
 
 
 def _max_tries(rt: dict | None) -> int:

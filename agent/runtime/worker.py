@@ -6,7 +6,8 @@ SPEC (written by the runtime, agent/runtime/bakes.py):
     {"model_dir", "out_dir", "parent": adapter dir or null, "config": {BakeConfig fields},
      "memories": [{"id", "kind", "text", "valid_from"}],   # to bake and graduate
      "recheck": [{"id", "kind", "text", "valid_from"}],     # graduated earlier: must still hold
-     "forgotten": [{"id", "text"}],                         # must no longer be recalled
+     "forgotten": [{"id", "text", "instead"?}],             # must no longer be recalled (superseded:
+                                                            #   "instead" is the update; only what changed)
      "rule": graduation rule (baker.verify.RULES), default "any"}
 
 It writes OUT_DIR/result.json (the candidate adapter, per-memory outcomes, bake figures) or
@@ -77,9 +78,7 @@ def run(spec: dict) -> dict:
     candidate = out / "layer"
     if spec.get("parent"):
         candidate = stack_adapters([spec["parent"], out / "layer"], out / "stack")
-    forgotten = [(m["id"], m["text"]) for m in spec["forgotten"]]
-    for m in spec["forgotten"]:
-        probes.setdefault(m["id"], verification_probes(m["id"], m["text"]))
+    forgotten = [(m["id"], m["text"], m.get("instead")) for m in spec["forgotten"]]
     report = verify(spec["model_dir"], candidate,
                     [(m["id"], m["text"]) for m in memories + spec["recheck"]],
                     probes=[p for ps in probes.values() for p in ps], forgotten=forgotten,
