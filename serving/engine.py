@@ -117,6 +117,9 @@ class Engine:
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
         self.state = "stopped"
+        # a request lost the connection: not ready until the next health probe answers (a killed
+        # engine takes a moment to exit; a load balancer must not be told "ready" meanwhile)
+        self.suspect = False
         self.epoch = 0  # bumped each time a fresh process becomes healthy
         self.restarts = 0
         self.last_error: str | None = None
@@ -159,6 +162,10 @@ class Engine:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def lost(self) -> None:
+        """A request lost its connection to the engine: dead or dying, until a probe says not."""
+        self.suspect = True
 
     def environment(self) -> dict[str, str]:
         """The engine process's environment: ours plus what vLLM needs from us."""
@@ -235,7 +242,7 @@ class Engine:
             if not self.alive():
                 raise EngineError(f"vLLM exited during startup (code {self.proc.returncode}); {self.log_tail()}")
             if await self.healthy(client):
-                self.state = "up"
+                self.state, self.suspect = "up", False
                 self.epoch += 1
                 log.info("vLLM up (pid %s, epoch %d)", self.pid, self.epoch)
                 return
@@ -285,6 +292,7 @@ class Engine:
             if self.alive():
                 ok = await self.healthy(client, timeout=5.0)
                 misses = 0 if ok else misses + 1
+                self.suspect = self.suspect and not ok
 
 
 def read_reports(folder: Path) -> list[dict]:

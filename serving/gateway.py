@@ -153,9 +153,11 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """vLLM is up (its process alive: a death is seen at once, not at the next health probe)
-        and every tenant's adapter has been (re)loaded into this engine epoch."""
-        return self.engine.state == "up" and self.engine.alive() and self._synced_epoch == self.engine.epoch
+        """vLLM is up (its process alive: a death is seen at once, not at the next health probe;
+        no request has lost its connection since the last probe) and every tenant's adapter has
+        been (re)loaded into this engine epoch."""
+        return (self.engine.state == "up" and self.engine.alive() and not self.engine.suspect
+                and self._synced_epoch == self.engine.epoch)
 
     def is_idle(self, seconds: float) -> bool:
         """No request in flight and none started or finished for `seconds` (for the bake scheduler)."""
@@ -417,6 +419,7 @@ class Gateway:
             resp = await self.client.send(req, stream=stream)
         except httpx.HTTPError as e:
             self._done(name, tenant)
+            self.engine.lost()
             raise EngineUnavailable(f"the inference engine is unreachable ({type(e).__name__})") from e
         if not stream or resp.status_code != 200:
             content, usage = b"", None
@@ -456,6 +459,7 @@ class Gateway:
                         size += len(chunk)
                     yield chunk
             except httpx.HTTPError:  # engine died mid-stream: end the SSE stream with an error event
+                self.engine.lost()
                 err = EngineUnavailable("the inference engine went away mid-stream").to_dict()
                 yield f"data: {json.dumps(err)}\n\n".encode()
             finally:

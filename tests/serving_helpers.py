@@ -64,7 +64,10 @@ class FakeEngine:
     url, port, pid, restarts, last_error = "http://vllm.test", 1, 4242, 0, None
 
     def __init__(self):
-        self.state, self.epoch, self.want_up = "stopped", 0, True
+        self.state, self.epoch, self.want_up, self.suspect = "stopped", 0, True, False
+
+    def lost(self):
+        self.suspect = True
 
     async def supervise(self, client, on_up):
         while True:

@@ -51,6 +51,11 @@ def kill_engine(engine) -> int:
 
 
 def served_again(s, old_pid: int) -> None:
+    """/ready is 503 from the moment the engine died until a new one serves: wait for that."""
+    assert httpx.get(f"{s.url}/ready", timeout=10).status_code == 503 or s.gateway.engine.pid != old_pid
+    deadline = time.monotonic() + 600
+    while s.gateway.engine.pid in (old_pid, None) and time.monotonic() < deadline:
+        time.sleep(0.2)
     wait_ready(s.url, 600)
     assert s.gateway.engine.pid != old_pid
 

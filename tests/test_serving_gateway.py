@@ -28,6 +28,7 @@ class FakeVLLM:
         self.loaded: dict[str, str] = {}
         self.refuse: set[str] = set()  # names whose load fails
         self.unreachable = False  # loads fail as if the engine were gone
+        self.dying = False  # requests lose their connection
         self.log: list[tuple[str, str]] = []
         self.bodies: list[dict] = []
         self.app = self._build()
@@ -61,6 +62,8 @@ class FakeVLLM:
         async def generate(request: Request):
             body = await request.json()
             self.bodies.append(body)
+            if self.dying:
+                raise httpx.ConnectError("engine gone")
             m = body["model"]
             if m != "base" and m not in self.loaded:
                 return JSONResponse({"error": {"message": f"The model `{m}` does not exist. Valid: {list(self.loaded)}"}}, 404)
@@ -334,6 +337,18 @@ def test_answers_name_the_served_version_the_hot_prompts_tokens_and_its_memories
                        json={"messages": [{"role": "user", "content": "hi"}], "stream": True}) as r:
         assert r.headers["x-bakehouse-version"] == "alice@v1" and r.headers["x-bakehouse-hot-memories"] == "7"
     assert "x-bakehouse-version" not in _chat(client, "bh-000000000000-wrong").headers
+
+
+def test_ready_is_503_from_a_lost_connection_until_the_engine_answers_a_probe(gw):
+    client, gateway, fake, engine, keys = gw
+    assert client.get("/ready").status_code == 200
+    fake.dying = True  # the engine is dying: its connections drop before its process exits
+    r = _chat(client, keys["alice"])
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+    assert client.get("/ready").status_code == 503  # at once, though the process still looks alive
+    assert _chat(client, keys["alice"]).status_code == 503  # and nothing is routed meanwhile
+    fake.dying, engine.suspect = False, False  # what the engine's next answered probe does
+    assert client.get("/ready").status_code == 200 and _chat(client, keys["alice"]).status_code == 200
 
 
 def test_a_failing_hot_source_refuses_the_request_instead_of_answering_without_memories(gw):
