@@ -83,3 +83,11 @@ def test_the_extractive_summary_quotes_what_fits_and_is_grounded():
     assert grounded(s, ['My locker code is 7734.', 'He said "hi".']) == (True, None)
     assert len(extractive_summary(["x" * 500])) == 400 and extractive_summary(["x" * 500]).endswith('…"')
     assert extractive_summary(["a" * 300, "b" * 300, "c" * 20], max_chars=400).count('"') == 4  # a, c
+
+
+def test_a_quoted_statement_stays_whole_and_a_wrapped_summary_is_unwrapped():
+    from agent.runtime.episodes import check_summary
+
+    quoted = 'The user said: "My cat Miso is three years old."'
+    assert check_summary(quoted, "")[0] == quoted  # the extractive summary is already clean
+    assert check_summary('"The user has a cat named Miso."', "")[0] == "The user has a cat named Miso."

@@ -322,7 +322,9 @@ def _fit(items: list[str], max_chars: int) -> list[str]:
 
 def check_summary(text: str | None, prompt: str) -> tuple[str | None, str | None]:
     """(the summary, cleaned; None) if it is one, else (None, why not)."""
-    s = " ".join((text or "").split()).strip().strip('"').strip()
+    s = " ".join((text or "").split()).strip()
+    if len(s) >= 2 and s[0] == s[-1] == '"':  # wrapped in quotes; a quotation inside stays whole
+        s = s[1:-1].strip()
     s = re.sub(r"^(?:summary|in one sentence)\s*:\s*", "", s, flags=re.I)
     words = _words(s)
     if not words:
