@@ -90,11 +90,7 @@ def render(
             chosen[kind].append(it)
             used += cost
 
-    text = _layout(chosen)
-    while count(text) > budget_tokens:  # drop the last memory placed until it fits
-        last_kind = [k for k in wanted if chosen[k]][-1]
-        left_out.append(chosen[last_kind].pop().id)
-        text = _layout(chosen)
+    text = _fit(chosen, wanted, left_out, budget_tokens, count)
     return Prompt(
         text=text,
         memory_ids=tuple(it.id for k in wanted for it in chosen[k]),
@@ -147,14 +143,22 @@ def select(
             taken += 1
         else:
             left_out.append(it.id)
-    text = _layout(chosen)
-    while count(text) > budget_tokens:  # the pieces did not add up: drop the last placed
-        last_kind = [k for k in SECTIONS if chosen[k]][-1]
-        left_out.append(chosen[last_kind].pop().id)
-        text = _layout(chosen)
+    text = _fit(chosen, list(SECTIONS), left_out, budget_tokens, count)
     ids = tuple(it.id for k in SECTIONS for it in chosen[k])
     return Prompt(text=text, memory_ids=ids, tokens=count(text),
                   left_out=tuple(dict.fromkeys(i for i in left_out if i not in ids)))
+
+
+def _fit(chosen: dict[str, list[Item]], order: list[str], left_out: list[int], budget_tokens: int,
+         count: Callable[[str], int]) -> str:
+    """The layout of `chosen`, dropping the last memory placed (into `left_out`) until the whole
+    text fits: the pieces' costs are summed, and a tokenizer need not add up across pieces."""
+    text = _layout(chosen)
+    while count(text) > budget_tokens:
+        last_kind = [k for k in order if chosen[k]][-1]
+        left_out.append(chosen[last_kind].pop().id)
+        text = _layout(chosen)
+    return text
 
 
 def _line(it: Item) -> str:

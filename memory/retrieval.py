@@ -124,7 +124,7 @@ def retrieve(store, tenant: str, messages: Sequence[dict], *, exclude: Sequence[
     """The hot prompt of one request: the pinned memories within PINNED_SHARE of the budget, then
     the `top_k` most relevant others (see the module docstring). `exclude`: what the served
     weights hold. A pinned memory past its share is ranked like any other."""
-    pinned = _live(store, tenant, exclude, "AND kind IN (SELECT value FROM json_each(?))", [json.dumps(PINNED)])
+    pinned = _live(store, tenant, exclude, "AND kind IN (SELECT value FROM json_each(:kinds))", PINNED)
     ranker = ranker or FTS5Ranker()
     queries = request_queries(messages)
     seen, ranked = set(exclude), []
@@ -133,16 +133,16 @@ def retrieve(store, tenant: str, messages: Sequence[dict], *, exclude: Sequence[
             seen.add(h.id)
             ranked.append(Item(h.id, h.kind, h.text, h.valid_from))
     if not ranked and queries and wants_latest(queries[0]):  # "what is new?": the newest ones
-        ranked = _live(store, tenant, exclude, "AND kind NOT IN (SELECT value FROM json_each(?))",
-                       [json.dumps(PINNED)], limit=top_k)
+        ranked = _live(store, tenant, exclude, "AND kind NOT IN (SELECT value FROM json_each(:kinds))",
+                       PINNED, limit=top_k)
     return select(pinned, ranked, top_k=top_k, budget_tokens=budget_tokens, pinned_tokens=budget_tokens * PINNED_SHARE,
                   count_tokens=count_tokens)
 
 
-def _live(store, tenant: str, exclude: Sequence[int], where: str, params: list, limit: int = -1) -> list[Item]:
-    """The tenant's live memories outside `exclude` that match `where`, newest first."""
-    sql = ("SELECT id, kind, text, valid_from FROM memories WHERE tenant = ? AND valid_to IS NULL"
-           " AND status != 'forgotten' AND id NOT IN (SELECT value FROM json_each(?)) "
-           f"{where} ORDER BY valid_from DESC, id DESC LIMIT ?")
-    rows = store.db.execute(sql, [tenant, json.dumps(list(exclude)), *params, limit]).fetchall()
-    return [Item(*r) for r in rows]
+def _live(store, tenant: str, exclude: Sequence[int], where: str, kinds: Sequence[str], limit: int = -1) -> list[Item]:
+    """The tenant's live memories outside `exclude` that match `where` (over `:kinds`), newest first."""
+    rows = store.db.execute(
+        f"SELECT id, kind, text, valid_from FROM memories WHERE {_LIVE} {where} ORDER BY valid_from DESC, id DESC"
+        " LIMIT :limit",
+        {"tenant": tenant, "exclude": json.dumps(list(exclude)), "kinds": json.dumps(list(kinds)), "limit": limit})
+    return [Item(*r) for r in rows.fetchall()]

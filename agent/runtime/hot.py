@@ -98,7 +98,7 @@ class HotTier:
         for tenant in store.tenants():
             v = served(state, tenant)
             holds = held(store, tenant, v.name if v else None)
-            unheld = [m for m in store.memories(tenant, valid_only=True) if m.id not in set(holds)]
+            unheld = [m for m in store.memories(tenant, valid_only=True) if m.id not in holds]
             if not unheld:
                 continue
             idle = self.build(store, tenant, holds, [])

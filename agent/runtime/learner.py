@@ -18,7 +18,6 @@ from typing import Callable
 
 from memory import Job, MemoryStore
 from serving.errors import ServingError
-from serving.registry import Registry
 
 from .bakes import BakeProcess
 from .config import RuntimeConfig
@@ -35,8 +34,8 @@ class Learner:
         from baker import BakeConfig
 
         self.cfg, self.store, self.idle_for = cfg, store, idle_for
-        self.registry = Registry(cfg.home)
         self.record = Record(cfg.home, store)  # what each tenant is served and what it holds
+        self.registry = self.record.registry
         self.hot = hot or hot_tier(cfg, count_tokens)
         self.bake_config = BakeConfig.from_dict({"sampler": cfg.sampler, **cfg.bake_overrides})
         layer_rank = self.bake_config.rank * cfg.pursuit_rounds  # a pursuit's rounds make one layer
