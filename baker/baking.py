@@ -134,7 +134,8 @@ class TeacherCache:
 def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
          config: BakeConfig | None = None, user_contexts: list[str] | None = None,
          progress: bool = True, parent: str | os.PathLike | None = None, force: bool = False,
-         exclude_contexts: list[str] | None = None, replay_prompt: str | None = None) -> BakeResult:
+         exclude_contexts: list[str] | None = None, replay_prompt: str | None = None,
+         base: "WarmBase | None" = None) -> BakeResult:
     """Bake `prompt` into a LoRA adapter on the base model at `model_dir`, written to `out_dir`.
 
     With `parent` (an adapter, e.g. a stack of earlier layers) this is sequential baking,
@@ -148,6 +149,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     Nothing appears at `out_dir` unless the bake completes. An existing `out_dir` is replaced only
     if it is a bakehouse bake (or, with `force`, another bakehouse output): anything else is
     refused up front with an OutputError, before the minutes of work (see baker/outputs.py).
+    With `base` (baker.warm.WarmBase) the model is the one it keeps loaded, given back after.
     """
     config = config or BakeConfig()
     if config.compute_dtype == "auto":
@@ -157,7 +159,17 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     prepare_output(out_dir, "bake", force)
-    model, tok, parent = load_base(model_dir, config, parent)
+    model, tok, parent = load_base(model_dir, config, parent, base)
+    try:
+        return _bake(model_dir, out_dir, prompt, config, model, tok, parent, user_contexts, progress, force,
+                     exclude_contexts, replay_prompt, t_start)
+    finally:
+        if base is not None:
+            base.give_back()
+
+
+def _bake(model_dir, out_dir, prompt, config, model, tok, parent, user_contexts, progress, force,
+          exclude_contexts, replay_prompt, t_start) -> BakeResult:
     plan = Plan(prompt, config, tok, random.Random(config.seed), _Bar(progress), replay_prompt)
     t = time.perf_counter()
     contexts, n_prompt, need_len = gather_contexts(plan, context_length(model), user_contexts, exclude_contexts)
@@ -190,7 +202,7 @@ def bake(model_dir: str | os.PathLike, prompt: str, out_dir: str | os.PathLike,
     return BakeResult(out_dir, metrics)
 
 
-def load_base(model_dir: Path, config: BakeConfig, parent):
+def load_base(model_dir: Path, config: BakeConfig, parent, base=None):
     """The base model, once: the teacher (with the prompt) and, with LoRA, the student; with
     `parent`, the earlier layers folded into the weights the new layer starts from.
 
@@ -200,13 +212,16 @@ def load_base(model_dir: Path, config: BakeConfig, parent):
     ("eager") attention: the student's sequences are short (no prompt) and the teacher's new tokens
     are few against its cached prefix, so the matmul form beats SDPA's CPU flash kernel, whose
     backward alone took 18% of a train step (train step 254-279 -> 322-326 tok/s)."""
+    from .generate import check_adapter
+
+    parent = check_adapter(parent).resolve() if parent is not None else None
+    if base is not None:  # kept loaded (baker.warm): the parent is added into its weights
+        model, tok = base.take(model_dir, getattr(torch, config.compute_dtype), parent)
+        return model, tok, parent
     model, tok = load_model(model_dir, dtype=getattr(torch, config.compute_dtype), attn_implementation="eager")
     if parent is not None:
         from peft import PeftModel
 
-        from .generate import check_adapter
-
-        parent = check_adapter(parent).resolve()
         model = PeftModel.from_pretrained(model, str(parent)).merge_and_unload()
     return model, tok, parent
 
@@ -453,6 +468,7 @@ def describe(plan: Plan, model_dir: Path, parent, n_prompt: int, contexts: list[
         "contexts": {s: sum(c.source == s for c in contexts) for s in SOURCES},
         "trajectories": {"train": len(traj.train_g), "heldout": len(traj.held_g), "base_heldout": len(traj.base_gens)},
         "epochs": run.epochs,
+        "steps": run.steps,
         "eval_kl_before": run.by_source_before["all"],
         "eval_kl_after": run.epochs[-1]["heldout_kl"],
         "eval_kl_by_source": {k: {"before": v, "after": run.by_source_after.get(k)}

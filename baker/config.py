@@ -50,7 +50,7 @@ class BakeConfig:
     hidden_loss: float = 0.0  # + this x DCD's per-layer hidden-state L1 to the teacher (arXiv 2503.08727)
     heldout_fraction: float = 0.15  # share of contexts kept out of training for eval/drift KL
     # machinery
-    sampler: str = "auto"  # "auto" (vLLM when installed), "vllm" or "hf"
+    sampler: str = "auto"  # "auto" (vLLM when installed), "vllm", "hf" or "engine" (a running server)
     compute_dtype: str = "auto"  # "auto": bfloat16 where native, else float32 (baker.models.fast_dtype)
     compile: bool = True  # torch.compile the decoder layers and the KL for training (eager if it fails)
     teacher_cache_dtype: str = "float16"  # storage of the cached full-vocabulary teacher log-probs
@@ -110,8 +110,8 @@ class BakeConfig:
             raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
         if not self.target_modules:
             raise ConfigError("target_modules must name at least one module")
-        if self.sampler not in ("auto", "vllm", "hf"):
-            raise ConfigError(f"sampler must be 'auto', 'vllm' or 'hf', got {self.sampler!r}")
+        if self.sampler not in ("auto", "vllm", "hf", "engine"):
+            raise ConfigError(f"sampler must be 'auto', 'vllm', 'hf' or 'engine', got {self.sampler!r}")
         if self.compute_dtype not in _DTYPES:
             raise ConfigError(f"compute_dtype must be one of {_DTYPES}, got {self.compute_dtype!r}")
         if self.teacher_cache_dtype not in ("float16", "bfloat16", "float32"):

@@ -1,13 +1,16 @@
-"""Batch generation from token ids: vLLM's offline engine when installed, transformers otherwise.
+"""Batch generation from token ids: vLLM's offline engine when installed, transformers otherwise,
+or a running vLLM OpenAI server (the serving engine: no engine of the bake's own).
 
-Both backends take chat contexts as token ids and return the generated ids (ending with the stop
+All backends take chat contexts as token ids and return the generated ids (ending with the stop
 token when the model stopped on its own). `temperature=None` means greedy.
 """
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
+import uuid
 from contextlib import suppress
 from pathlib import Path
 
@@ -138,6 +141,73 @@ class VLLMSampler:
             llm.llm_engine.engine_core.shutdown()
 
 
+ENGINE_ENV = ("BAKEHOUSE_ENGINE_URL", "BAKEHOUSE_ENGINE_KEY", "BAKEHOUSE_ENGINE_MODEL", "BAKEHOUSE_ENGINE_PRIORITY",
+              "BAKEHOUSE_ENGINE_MAX_LEN")
+
+
+class EngineSampler:
+    """A running vLLM OpenAI server's /v1/completions, prompts as token ids, outputs as token ids
+    (`return_token_ids`). Where it is, from the environment: BAKEHOUSE_ENGINE_URL, _KEY (its API key),
+    _MODEL (its name for the base model), _PRIORITY (sent with every request when set: the server
+    runs `--scheduling-policy priority` and serves smaller numbers first, so a bake yields to users)
+    and _MAX_LEN (its context: `open_sampler` gives a bake that needs more an engine of its own).
+
+    An adapter is loaded under a private name (`bake-...`, which nothing else routes to) and
+    unloaded by `close()`."""
+
+    name = "engine"
+    _names = itertools.count(1)
+
+    def __init__(self, model_dir=None, adapter_dir=None, seed: int = 0, timeout: float = 3600.0):
+        import httpx
+
+        url, key, model, priority, _ = (os.environ.get(k) for k in ENGINE_ENV)
+        if not (url and model):
+            raise BakeError("sampler 'engine' needs BAKEHOUSE_ENGINE_URL and BAKEHOUSE_ENGINE_MODEL (a running "
+                            "vLLM server); use 'vllm' or 'hf' to sample with an engine of the bake's own")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self.model, self.priority, self.lora = model, int(priority) if priority else None, None
+        if adapter_dir is not None:
+            name = f"bake-{os.getpid()}-{next(self._names)}-{uuid.uuid4().hex[:6]}"
+            self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(adapter_dir).resolve())},
+                       f"the engine could not load adapter {adapter_dir}")
+            self.lora = name
+
+    def _post(self, path: str, body: dict, what: str):
+        import httpx
+
+        try:
+            r = self.client.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise BakeError(f"{what}: the engine at {self.client.base_url} is unreachable ({e})") from e
+        if r.status_code != 200:
+            raise BakeError(f"{what}: HTTP {r.status_code} {r.text[:300]}")
+        return r
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 temperature: float | None = None, n: int = 1, use_adapter: bool = True) -> list[list[int]]:
+        if not prompts:
+            return []
+        body = {"model": self.lora if (use_adapter and self.lora) else self.model, "prompt": prompts, "n": n,
+                "max_tokens": max_new_tokens, "temperature": temperature or 0.0, "top_p": 1.0,
+                "top_k": 0 if temperature else -1, "return_token_ids": True, "skip_special_tokens": False}
+        if self.priority is not None:
+            body["priority"] = self.priority
+        choices = self._post("/v1/completions", body, "generation through the engine failed").json()["choices"]
+        # choice i*n + j is prompt i's sample j
+        return [list(c["token_ids"]) for c in sorted(choices, key=lambda c: c["index"])]
+
+    def close(self):
+        client, self.client = getattr(self, "client", None), None
+        if client is None:
+            return
+        if self.lora:
+            with suppress(Exception):  # best effort: a dead engine has nothing loaded
+                client.post("/v1/unload_lora_adapter", json={"lora_name": self.lora}, timeout=30)
+        client.close()
+
+
 def _children() -> set[psutil.Process]:
     """This process's descendants (psutil processes: equal only if pid and start time match)."""
     return set(psutil.Process().children(recursive=True))
@@ -150,9 +220,20 @@ def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:
     return row
 
 
+def fits_engine(max_model_len: int) -> bool:
+    """Whether sequences of `max_model_len` fit the serving engine's context (BAKEHOUSE_ENGINE_MAX_LEN)."""
+    served_len = int(os.environ.get("BAKEHOUSE_ENGINE_MAX_LEN") or 0)
+    return not served_len or max_model_len <= served_len
+
+
 def open_sampler(kind: str, model_dir, adapter_dir=None, seed: int = 0, max_model_len: int = 4096,
                  dtype: str = "auto"):
-    """kind: 'auto' (vLLM if installed), 'vllm' or 'hf'; `dtype` is vLLM's ("auto": fast_dtype)."""
+    """kind: 'auto' (vLLM if installed), 'vllm', 'hf' or 'engine' (a running server: EngineSampler);
+    `dtype` is vLLM's ("auto": fast_dtype)."""
+    if kind == "engine":
+        if fits_engine(max_model_len):
+            return EngineSampler(model_dir, adapter_dir, seed=seed)
+        kind = "auto"  # longer than the serving engine's context: sample on an engine of our own
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
     if kind == "vllm":

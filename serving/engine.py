@@ -154,6 +154,8 @@ class Engine:
         ]  # fmt: skip
         if c.enforce_eager:
             cmd.append("--enforce-eager")
+        if c.priority_scheduling:
+            cmd += ["--scheduling-policy", "priority"]
         return cmd + list(c.extra_engine_args)
 
     @property

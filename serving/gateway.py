@@ -35,7 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from .config import ServeConfig
+from .config import BACKGROUND_PRIORITY, ServeConfig
 from .engine import Engine
 from .errors import (
     AuthError,
@@ -158,6 +158,16 @@ class Gateway:
         been (re)loaded into this engine epoch."""
         return (self.engine.state == "up" and self.engine.alive() and not self.engine.suspect
                 and self._synced_epoch == self.engine.epoch)
+
+    def engine_access(self) -> dict | None:
+        """Where background work reaches the engine directly (the runtime's bakes sample and verify
+        there): {"url", "key", "model", "priority", "max_len"}, or None while it is not ready. The key is the
+        engine's own (new at every start), so this is for processes the runtime runs, never a tenant."""
+        if not self.ready or not getattr(self.engine, "url", None):
+            return None
+        return {"url": self.engine.url, "key": getattr(self.engine, "secret", None), "model": self.cfg.served_base_name,
+                "priority": BACKGROUND_PRIORITY if self.cfg.priority_scheduling else None,
+                "max_len": self.cfg.max_model_len}
 
     def is_idle(self, seconds: float) -> bool:
         """No request in flight and none started or finished for `seconds` (for the bake scheduler)."""

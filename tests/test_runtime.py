@@ -8,6 +8,8 @@ memories *do* verify hand `Learner.publish` a verification report; the SmolLM2 i
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -145,12 +147,7 @@ def test_a_real_bake_job_that_verifies_nothing_is_rejected_and_the_memory_stays_
     m = lr.store.add("alice", "fact", "Port authority of Velmora names Ines Tarrago as harbor commissioner.")
     lr.tick()
     assert lr.proc is not None and lr.store.jobs.get(lr.proc.job_id).state == "running"
-    job_id = lr.proc.job_id
-    deadline = time.time() + 240
-    while lr.proc is not None and time.time() < deadline:
-        lr.tick()
-        time.sleep(0.5)
-    job = lr.store.jobs.get(job_id)
+    job = _run_job(lr)
     assert job.state == "rejected", (job.state, job.reason)
     assert "no memory graduated" in job.reason  # a random model recalls nothing
     assert job.result["general"]["asked"] >= 50 and job.result["timings"]["bake"] > 0
@@ -389,6 +386,49 @@ def test_a_request_pauses_the_bake_process_group_and_idle_resumes_it(learner):
     assert lr.store.jobs.get(p.job_id).state == "running" and p.paused_seconds > 0
     lr.stop()
     assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _run_job(lr, timeout=240):
+    job_id = lr.proc.job_id
+    deadline = time.time() + timeout
+    while lr.proc is not None and time.time() < deadline:
+        lr.tick()
+        time.sleep(0.5)
+    return lr.store.jobs.get(job_id)
+
+
+def test_one_warm_worker_runs_the_jobs_one_after_another_on_the_model_it_loaded_once(learner):
+    lr = learner
+    lr.store.add("alice", "fact", "The ship is called the Marigold.")
+    lr.tick()
+    first = _run_job(lr)
+    lr.store.add("bob", "fact", "The lighthouse of Corvessa is painted green.")
+    lr.tick()
+    second = _run_job(lr)
+    a, b = first.result["timings"], second.result["timings"]
+    assert first.state == second.state == "rejected"  # a random model recalls nothing
+    workers = [j.result.get("worker") for j in (first, second)]
+    assert workers[0]["pid"] == workers[1]["pid"] and len(lr.workers) == 1 and lr.workers[0].alive()
+    assert (workers[0]["bakes"], workers[1]["bakes"], workers[1]["loads"]) == (1, 2, 1)
+    assert a["bake"] > 0 and b["bake"] > 0
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_again(learner):
+    lr = learner
+    lr.store.add("alice", "fact", "The ship is called the Marigold.")
+    lr.tick()
+    p = lr.proc
+    time.sleep(1)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.worker.proc.wait(10)
+    lr.tick()
+    job = lr.store.jobs.get(p.job_id)
+    assert job.state == "running" and "the bake worker died" in job.reason  # queued, then started again
+    assert lr.proc.pid != p.pid and lr.proc.worker.alive()
+    os.killpg(lr.proc.pid, signal.SIGKILL)  # twice: that is a failure, not a loop
+    lr.proc.worker.proc.wait(10)
+    lr.tick()
+    assert lr.store.jobs.get(p.job_id).state == "failed"
 
 
 def _status_becomes(pid, *states, timeout=3.0):

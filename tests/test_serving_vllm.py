@@ -130,6 +130,49 @@ def test_the_engine_itself_computes_with_the_grouped_lora_ops(served):
     assert served.gateway.status()["engine"]["lora_ops"]["state"] == "grouped"
 
 
+def test_bakes_sample_through_the_serving_engine_under_a_private_name(served, monkeypatch):
+    """baker's EngineSampler on the gateway's engine: token ids in and out, n samples per prompt in
+    order, a candidate adapter under a private name no tenant can reach, gone after close; at the
+    background priority (the engine schedules by priority)."""
+    from transformers import AutoTokenizer
+
+    from baker.chat import chat_ids
+    from baker.sampling import ENGINE_ENV, fits_engine, open_sampler
+
+    access = served.gateway.engine_access()
+    assert access and access["priority"] > 0
+    for k, v in zip(ENGINE_ENV, ("url", "key", "model", "priority", "max_len")):
+        monkeypatch.setenv(k, str(access[v]))
+    tok = AutoTokenizer.from_pretrained(served.base)
+    prompts = [chat_ids(tok, q) for q in ("What is the capital of France?", "Name a colour.")]
+    plain = open_sampler("engine", served.base, max_model_len=512)
+    assert plain.name == "engine"
+    one = [plain.generate([p], 12)[0] for p in prompts]
+    both = plain.generate(prompts, 12)
+    assert both == one and all(len(g) > 0 for g in both)
+    samples = plain.generate(prompts, 6, temperature=1.0, n=3)
+    assert len(samples) == 6
+    plain.close()
+
+    s = open_sampler("engine", served.base, adapter_dir=served.ads["a1"], max_model_len=512)
+    try:
+        name = s.lora
+        assert name.startswith("bake-")
+        listed = httpx.get(f"{access['url']}/v1/models", headers={"Authorization": f"Bearer {access['key']}"}).json()
+        assert name in {m["id"] for m in listed["data"]}
+        assert s.generate(prompts, 12) != s.generate(prompts, 12, use_adapter=False) == both
+        # the gateway routes a tenant to its own version only: to it the private name is no model
+        r = httpx.post(f"{served.url}/v1/chat/completions", headers={"Authorization": f"Bearer {served.keys['alice']}"},
+                       json={"model": name, "messages": QUESTION, "max_tokens": 4}, timeout=60)
+        assert r.status_code == 404
+    finally:
+        s.close()
+    listed = httpx.get(f"{access['url']}/v1/models", headers={"Authorization": f"Bearer {access['key']}"}).json()
+    assert name not in {m["id"] for m in listed["data"]}
+    # a bake that needs a longer context than the engine serves samples on an engine of its own
+    assert fits_engine(access["max_len"]) and not fits_engine(access["max_len"] + 1)
+
+
 def test_a_key_cannot_reach_another_tenants_model(served):
     c = client(served, "alice")
     with pytest.raises(openai.NotFoundError):

@@ -42,6 +42,11 @@ from . import cli, domain_errors, home_option
               help="BakeConfig fields for every bake, as JSON (as `bakehouse bake --config`); "
                    "--epochs and --min-steps win over it.")
 @click.option("--no-pause", is_flag=True, help="Let bakes run while requests are served.")
+@click.option("--bake-worker", default="warm", show_default=True, type=click.Choice(["warm", "fresh"]),
+              help="warm: one bake worker keeps the base model loaded between bakes; fresh: a process per bake.")
+@click.option("--bake-sampler", default="auto", show_default=True, type=click.Choice(["auto", "vllm", "hf"]),
+              help="Where bakes sample and verify: auto, the serving engine at a lower priority than users; "
+                   "vllm, an engine of the bake's own; hf, transformers.")
 @click.option("--concurrent-bakes", default=1, show_default=True,
               help="Bakes at once, of different tenants (for machines with more cores than this one).")
 @click.option("--kv-cache-gib", default=1.0, show_default=True, help="vLLM KV cache size (GiB of RAM).")
@@ -62,7 +67,7 @@ from . import cli, domain_errors, home_option
 @home_option
 @domain_errors(ServingError, BakeError, MemoryStoreError, ValueError, RuntimeError)
 def run(port, host, model_opt, idle_seconds, hot_tier, hot_budget, hot_top_k, feed_minutes, episode_idle, min_batch, max_wait, max_batch,
-        max_tries, max_lora_rank, max_layers, epochs, bake_config, no_pause, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
+        max_tries, max_lora_rank, max_layers, epochs, bake_config, no_pause, bake_worker, bake_sampler, concurrent_bakes, kv_cache_gib, gate_general, gate_recheck,
         graduation, pursuit_rounds, min_steps, admin_key, log_format, home):
     """Serve every tenant and keep learning: memories are answered from the system prompt at once,
     baked into a new LoRA layer in idle time, verified, and swapped in.
@@ -104,7 +109,7 @@ def run(port, host, model_opt, idle_seconds, hot_tier, hot_budget, hot_top_k, fe
                         episode_idle=episode_idle,
                         min_batch=min_batch, max_wait=max_wait, max_batch=max_batch, max_tries=max_tries,
                         max_lora_rank=int(max_lora_rank), max_layers=max_layers, pause_bakes=not no_pause,
-                        concurrent_bakes=concurrent_bakes,
+                        concurrent_bakes=concurrent_bakes, bake_worker=bake_worker, sampler=bake_sampler,
                         kv_cache_gib=kv_cache_gib, gate_general=gate_general, gate_recheck=gate_recheck,
                         graduation=graduation, pursuit_rounds=pursuit_rounds, bake_overrides=overrides)
     click.echo(f"bakehouse run: gateway on http://{host}:{port}, base model {cfg.model_dir.name}; "

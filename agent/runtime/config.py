@@ -38,7 +38,8 @@ class RuntimeConfig:
     max_loras: int = 8
     kv_cache_gib: float = 1.0
     max_model_len: int = 2048
-    sampler: str = "auto"  # the bake worker's sampler (tests: "hf")
+    sampler: str = "auto"  # the bakes' sampler: "auto" (the serving engine), "vllm" (one of the bake's own), "hf"
+    bake_worker: str = "warm"  # "warm": one worker keeps the base loaded between bakes; "fresh": one per bake
 
     def __post_init__(self):
         self.home, self.model_dir = Path(self.home), Path(self.model_dir)
@@ -49,6 +50,8 @@ class RuntimeConfig:
         for name in ("idle_seconds", "max_wait", "retry_after_failure", "feed_minutes"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.bake_worker not in ("warm", "fresh"):
+            raise ValueError(f"bake_worker must be warm or fresh, got {self.bake_worker!r}")
         if self.hot_tier not in ("retrieval", "static"):
             raise ValueError(f"hot_tier must be retrieval or static, got {self.hot_tier!r}")
         if not self.episode_idle > 0:

@@ -19,7 +19,8 @@ from typing import Callable
 from memory import Job, MemoryStore
 from serving.errors import ServingError
 
-from .bakes import BakeProcess
+from .bakes import BakeProcess, BakeWorker
+from .worker import ERROR
 from .config import RuntimeConfig
 from .hot import HotTier, hot_tier
 from .planner import HotMemory, Limits, TenantState, next_bake
@@ -30,14 +31,19 @@ log = logging.getLogger("bakehouse.runtime")
 
 class Learner:
     def __init__(self, cfg: RuntimeConfig, store: MemoryStore, idle_for: Callable[[], float],
-                 count_tokens: Callable[[str], int] | None = None, hot: HotTier | None = None):
+                 count_tokens: Callable[[str], int] | None = None, hot: HotTier | None = None,
+                 engine: Callable[[], dict | None] | None = None):
+        """`engine`: where the serving engine is ({"url", "key", "model", "priority"}, None while it is
+        not up); with it, sampler "auto" samples and verifies there (no vLLM of a bake's own)."""
         from baker import BakeConfig
 
         self.cfg, self.store, self.idle_for = cfg, store, idle_for
         self.record = Record(cfg.home, store)  # what each tenant is served and what it holds
         self.registry = self.record.registry
         self.hot = hot or hot_tier(cfg, count_tokens)
-        self.bake_config = BakeConfig.from_dict({"sampler": cfg.sampler, **cfg.bake_overrides})
+        self.engine = engine or (lambda: None)
+        self.sampler = "engine" if cfg.sampler == "auto" and engine is not None else cfg.sampler
+        self.bake_config = BakeConfig.from_dict({"sampler": self.sampler, **cfg.bake_overrides})
         layer_rank = self.bake_config.rank * cfg.pursuit_rounds  # a pursuit's rounds make one layer
         if layer_rank > cfg.max_lora_rank:
             raise ValueError(f"a layer of rank {self.bake_config.rank} x {cfg.pursuit_rounds} pursuit round(s) "
@@ -47,6 +53,7 @@ class Learner:
                              max_lora_rank=cfg.max_lora_rank, max_layers=cfg.max_layers,
                              retry_after_failure=cfg.retry_after_failure)
         self.procs: dict[str, BakeProcess] = {}  # tenant -> its running bake (one per tenant)
+        self.workers: list[BakeWorker] = []  # warm: kept between jobs; each runs one job at a time
         self._crashed: dict[str, float] = {}  # tenant -> time.time() of its last crashed bake
         self.pauses: Counter[str] = Counter()  # tenant -> times its bake was paused for requests
 
@@ -65,6 +72,19 @@ class Learner:
             p.kill()
             self._requeue(p.job_id, "the runtime stopped during the bake")
         self.procs.clear()
+        for w in self.workers:
+            w.close(timeout=2.0)
+        self.workers.clear()
+
+    def _worker(self) -> BakeWorker:
+        """An idle live worker, or a new one (a dead one is dropped: its job was requeued)."""
+        busy = {p.worker for p in self.procs.values()}
+        self.workers = [w for w in self.workers if w.alive() or w in busy]
+        idle = next((w for w in self.workers if w not in busy and w.warm), None)
+        if idle is None:
+            idle = BakeWorker(self.cfg.home / "runtime" / "logs", warm=self.cfg.bake_worker == "warm")
+            self.workers.append(idle)
+        return idle
 
     @property
     def proc(self) -> BakeProcess | None:
@@ -109,6 +129,8 @@ class Learner:
             self._finish(p)
             self.hot.sync(force=True)
         while len(self.procs) < self.cfg.concurrent_bakes:
+            if self.sampler == "engine" and self.engine() is None:
+                break  # the bakes sample through the serving engine: they wait for it
             job = self._next_job()
             if job is None:
                 break
@@ -168,7 +190,7 @@ class Learner:
             "out_dir": str(self.cfg.work_dir / f"job-{job.id}"),
             "parent": str(parent) if parent else None,
             "config": self.bake_config.to_dict(),
-            "sampler": self.cfg.sampler,
+            "sampler": self.sampler,
             "rule": self.cfg.graduation,
             "pursuit_rounds": self.cfg.pursuit_rounds,
             "memories": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in mems],
@@ -176,8 +198,8 @@ class Learner:
             "forgotten": self._to_unlearn(job.tenant),
         }
         shutil.rmtree(spec["out_dir"], ignore_errors=True)
-        p = self.procs[job.tenant] = BakeProcess(job.id, job.tenant, spec, self.cfg.work_dir,
-                                                 self.cfg.home / "runtime" / "logs")
+        engine = self.engine() if self.sampler == "engine" else None
+        p = self.procs[job.tenant] = BakeProcess(job.id, job.tenant, spec, self._worker(), engine)
         self.store.jobs.move(job.id, "running", pid=p.pid)
 
     def _invalid_ever_held(self, tenant: str):
@@ -228,7 +250,10 @@ class Learner:
         if result is None:
             log.error("bake job %d (%s) failed: %s", job.id, job.tenant, error)
             self._crashed[job.tenant] = time.time()
-            self.store.jobs.move(job.id, "failed", reason=error)
+            if not p.worker.alive() and not (p.out / ERROR).is_file() and job.attempts < 2:
+                self.store.jobs.move(job.id, "queued", reason=f"the bake worker died; again in a fresh one: {error}")
+            else:
+                self.store.jobs.move(job.id, "failed", reason=error)
             return
         result["timings"].update(wall=time.monotonic() - p.started, paused=p.paused_seconds, pauses=p.pauses)
         self.publish(job, result)
@@ -266,7 +291,8 @@ class Learner:
             reasons.append(f"stale: {job.tenant} now serves {served or 'the base'}")
         summary = {"graduated": graduated, "failed": [i for i in job.memory_ids if i not in graduated],
                    "recheck_kept": kept, "recheck_lost": [i for i in recheck if i not in kept],
-                   "general": general, "bake": result.get("bake"), "timings": result.get("timings")}
+                   "general": general, "bake": result.get("bake"), "timings": result.get("timings"),
+                   "worker": result.get("worker"), "sampler": rep.get("sampler")}
         if reasons:
             self.store.jobs.move(job.id, "rejected", reason="; ".join(reasons), result=summary)
             log.warning("bake job %d (%s) rejected: %s", job.id, job.tenant, "; ".join(reasons))

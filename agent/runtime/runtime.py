@@ -4,7 +4,8 @@
     scheduler thread APScheduler, jobs run one at a time in that thread: the learner's tick
                      (hot tier, rollbacks, plan / pace / finish a bake), feed polls, feedback and
                      episodes (read from the gateway's queues; summaries by the served model), status
-    bake process     one job at a time, its own process group (agent/runtime/worker.py)
+    bake worker      one job at a time, its own process group, the base model kept loaded between
+                     jobs (agent/runtime/worker.py); it samples and verifies through the engine
 
 Ctrl-C / SIGTERM stop all of it: uvicorn shuts the gateway (and vLLM) down, then the scheduler
 stops and a running bake is killed and queued again.
@@ -75,7 +76,7 @@ class Runtime:
             from .learner import Learner
 
             store = MemoryStore.in_home(self.cfg.home, actor="runtime")
-            self.learner = Learner(self.cfg, store, self.idle_for, hot=self.hot)
+            self.learner = Learner(self.cfg, store, self.idle_for, hot=self.hot, engine=self.gateway.engine_access)
             again = self.learner.recover()
             if again:
                 log.info("re-queued %d bake job(s) a previous runtime left unfinished", len(again))
@@ -87,7 +88,7 @@ class Runtime:
         try:
             learner = self._learner()
             learner.tick()
-            record(self.cfg.home, "bake", sorted(p.pid for p in learner.procs.values()) or None)
+            record(self.cfg.home, "bake", sorted(w.pid for w in learner.workers if w.alive()) or None)
             self.snapshot = take_snapshot(learner)
             self.last_error = None
         except Exception as e:  # the loop must survive anything; the job row says what failed

@@ -1,6 +1,13 @@
-"""One bake job in its own process: bake a layer, stack it, verify it. Publishes nothing.
+"""The bake worker: bake a layer, stack it, verify it. Publishes nothing.
 
-    python -m agent.runtime.worker SPEC.json
+    python -m agent.runtime.worker --serve     # warm: jobs from stdin, one at a time
+    python -m agent.runtime.worker SPEC.json   # one job
+
+Warm, it keeps the base model loaded between jobs (baker.warm.WarmBase) and reads one JSON line
+per job from stdin: {"spec": SPEC.json, "engine": {"url", "key", "model", "priority", "max_len"} or null}.
+With "engine", sampling and verification go through that vLLM server (the runtime's serving
+engine, bake requests at a lower priority than users'), so a bake starts no vLLM of its own. Its
+key arrives on the pipe, never on disk. End of input ends the worker.
 
 SPEC (written by the runtime, agent/runtime/bakes.py):
     {"model_dir", "out_dir", "parent": adapter dir or null, "config": {BakeConfig fields},
@@ -10,12 +17,13 @@ SPEC (written by the runtime, agent/runtime/bakes.py):
                                                             #   "instead" is the update; only what changed)
      "rule": graduation rule (baker.verify.RULES), default "any"}
 
-It writes OUT_DIR/result.json (the candidate adapter, per-memory outcomes, bake figures) or
-OUT_DIR/error.json with the reason, and exits 0 / 1. The runtime decides what to publish.
+Each job writes OUT_DIR/result.json (the candidate adapter, per-memory outcomes, bake figures) or
+OUT_DIR/error.json with the reason, each whole or not at all. The runtime decides what to publish.
 
-The process leads its own process group (the runtime pauses and kills it as a group, vLLM's
-engine processes included) and dies with the runtime: a thread watches the parent and kills the
-group the moment it is gone, so a `kill -9` of the runtime leaves no bake running.
+The process leads its own process group (the runtime pauses and kills it as a group, the vLLM
+engine processes of a bake that samples on its own included) and dies with the runtime: a thread
+watches the parent and kills the group the moment it is gone, so a `kill -9` of the runtime
+leaves no bake running.
 """
 from __future__ import annotations
 
@@ -52,7 +60,7 @@ def bake_prompt(memories: list[dict]) -> str:
     return render(items, budget_tokens=10**9).text
 
 
-def run(spec: dict) -> dict:
+def run(spec: dict, base=None) -> dict:
     from baker import BakeConfig, bake
     from baker.verify import verification_probes, verify
     from baker.adapters import stack_adapters
@@ -70,10 +78,10 @@ def run(spec: dict) -> dict:
         from baker.pursuit import pursue
 
         result = pursue(spec["model_dir"], bake_prompt(memories), out / "layer", rounds, config, progress=True,
-                        parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay)[-1]
+                        parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay, base=base)[-1]
     else:
         result = bake(spec["model_dir"], bake_prompt(memories), out / "layer", config, progress=True,
-                      parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay)
+                      parent=spec.get("parent"), exclude_contexts=held_out, replay_prompt=replay, base=base)
     t_bake = time.perf_counter() - t0
     candidate = out / "layer"
     if spec.get("parent"):
@@ -90,26 +98,62 @@ def run(spec: dict) -> dict:
         "layer": str(out / "layer"),
         "verify": report.to_dict(),
         "bake": {k: m[k] for k in ("eval_kl_before", "eval_kl_after", "drift_kl", "prompt_tokens", "prompt_sha256",
-                                   "epochs", "timings") if k in m},
+                                   "epochs", "steps", "timings") if k in m},
         "timings": {"bake": t_bake, "verify": report.seconds, "total": time.perf_counter() - t0},
     }
 
 
-def main(argv: list[str]) -> int:
-    spec_path = Path(argv[1])
-    spec = json.loads(spec_path.read_text())
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def run_job(spec_path: Path, base=None, engine: dict | None = None) -> int:
+    """One job: its result or its error written into its out_dir; 0 / 1."""
+    from baker.sampling import ENGINE_ENV
+
+    for k, v in zip(ENGINE_ENV, ("url", "key", "model", "priority", "max_len")):
+        value = (engine or {}).get(v)
+        if value is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = str(value)
+    spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])
-    watch_parent(spec.get("parent_pid") or os.getppid())
+    t0 = time.perf_counter()
     try:
-        result = run(spec)
+        result = run(spec, base)
     except BaseException as e:  # noqa: BLE001  the runtime records why, whatever it was
-        (out / ERROR).write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
-                                             "traceback": traceback.format_exc()[-4000:]}))
+        _write(out / ERROR, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]})
+        if not isinstance(e, Exception):
+            raise
         return 1
-    tmp = out / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result, default=str))
-    os.replace(tmp, out / RESULT)
+    finally:
+        print(f"job {spec_path} ended after {time.perf_counter() - t0:.1f} s", flush=True)
+    result["worker"] = {"pid": os.getpid(), "bakes": base.bakes if base else 1, "loads": base.loads if base else 1}
+    _write(out / RESULT, result)
     return 0
+
+
+def serve(lines) -> int:
+    """Jobs from `lines` (stdin), one at a time, on one warm base."""
+    from baker.warm import WarmBase
+
+    base = WarmBase()
+    for line in lines:
+        if not line.strip():
+            continue
+        msg = json.loads(line)
+        run_job(Path(msg["spec"]), base, msg.get("engine"))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    watch_parent(int(os.environ.get("BAKEHOUSE_PARENT_PID") or os.getppid()))
+    if argv[1:] == ["--serve"]:
+        return serve(sys.stdin)
+    return run_job(Path(argv[1]))
 
 
 if __name__ == "__main__":
