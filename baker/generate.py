@@ -71,14 +71,16 @@ def compare_answers(model_dir, items: list[dict], runs: dict[str, tuple[str | No
 def ask_runs(model_dir, runs: dict[str, tuple[str | None, bool, list[str]]], adapter_dir=None,
              max_new_tokens: int = 64, sampler: str = "auto", seed: int = 0) -> tuple[dict[str, list[str]], str]:
     """Greedy answers from one engine: `runs` maps a key to (system prompt, use the adapter?,
-    user messages). Returns ({key: [answer, ...]}, the sampler's name)."""
+    user messages); the system prompt may be a list, one per message. Returns ({key: [answer,
+    ...]}, the sampler's name)."""
     from transformers import AutoConfig, AutoTokenizer
 
     if adapter_dir is not None:
         adapter_dir = check_adapter(adapter_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     max_len = context_length(AutoConfig.from_pretrained(model_dir))
-    prompts = {k: [chat_ids(tok, q, system) for q in qs] for k, (system, _, qs) in runs.items() if qs}
+    prompts = {k: [chat_ids(tok, q, s) for q, s in zip(qs, system if isinstance(system, list) else [system] * len(qs))]
+               for k, (system, _, qs) in runs.items() if qs}
     if not prompts:
         return {k: [] for k in runs}, ""
     longest = max(len(p) for ps in prompts.values() for p in ps)

@@ -69,6 +69,7 @@ class ItemResult:
     verifiable: bool = True  # False: no span to ask about and no behaviour line to check
     base_hits: int = 0       # the same probes answered by the base model without the adapter
     prompted_hits: int | None = None  # ... by the base model with `prompt` as its system prompt
+    hot_hits: int | None = None  # ... by the served model with its hot tier (`hot_reference`)
     behaviour: dict | None = None  # persona / instruction lines: `baker.behaviour.BehaviourResult`
 
 
@@ -255,17 +256,44 @@ RULES = {
     "majority": "more than half of the probes answered",
     "prompted": "at least one, and at least as many as the prompted model answered",
     "strict": "majority and prompted",
+    "hot": "at least one, and at least as many as the served model answered with its hot tier",
 }
 
 
-def graduates(rule: str, hits: int, asked: int, prompted_hits: int | None = None) -> bool:
+def graduates(rule: str, hits: int, asked: int, prompted_hits: int | None = None,
+              hot_hits: int | None = None) -> bool:
     """Whether a memory whose probes the weights answered `hits` of `asked` times graduates.
-    Without a prompted reference (`prompted_hits` None), "prompted" is "any", "strict" "majority"."""
+    Without a prompted reference (`prompted_hits` None), "prompted" is "any", "strict" "majority";
+    without the hot tier's (`hot_hits` None: the served model with the prompt each probe would get
+    from the hot tier), "hot" is "majority"."""
     if asked < 1 or hits < 1:
         return False
     majority = 2 * hits > asked
     prompted = prompted_hits is None or hits >= prompted_hits
-    return {"any": True, "majority": majority, "prompted": prompted, "strict": majority and prompted}[rule]
+    hot = majority if hot_hits is None else hits >= hot_hits
+    return {"any": True, "majority": majority, "prompted": prompted, "strict": majority and prompted,
+            "hot": hot}[rule]
+
+
+def reference_hits(model_dir, adapter_dir, probes: list[Probe], systems: list[str | None],
+                   sampler: str = "auto", max_new_tokens: int = 32) -> dict[Any, dict]:
+    """How well the model as served (`adapter_dir`: the served stack, None: the base) answers each
+    probe with the system prompt it would get (`systems[i]` for `probes[i]`: the hot tier's, built
+    for that question): {item_id: {"hits", "asked", "answers"}}. The reference of rule "hot"."""
+    if len(systems) != len(probes):
+        raise ValueError(f"{len(probes)} probes but {len(systems)} system prompts")
+    if not probes:
+        return {}
+    ans, _ = ask_runs(model_dir, {"hot": (list(systems), adapter_dir is not None, [p.question for p in probes])},
+                      adapter_dir, max_new_tokens, sampler)
+    out: dict[Any, dict] = {}
+    for p, a in zip(probes, ans["hot"]):
+        r = out.setdefault(p.item_id, {"hits": 0, "asked": 0, "answers": []})
+        hit = answer_matches(a, p.expected)
+        r["hits"] += hit
+        r["asked"] += 1
+        r["answers"].append({"question": p.question, "answer": a, "hit": hit})
+    return out
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -273,7 +301,7 @@ def graduates(rule: str, hits: int, asked: int, prompted_hits: int | None = None
 def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list[Probe] | None = None,
            forgotten: Iterable[tuple] = (), general: bool = True, prompt: str | None = None,
            sampler: str = "auto", max_new_tokens: int = 32, rule: str = "any",
-           max_probes: int = 4, behaviour: bool = True) -> VerifyReport:
+           max_probes: int = 4, behaviour: bool = True, hot_reference: dict | None = None) -> VerifyReport:
     """Check per memory that the model with `adapter_dir` (no prompt) knows it, and per forgotten
     memory (id, text), or superseded one (id, text, the update's text: `what_changed`), that it
     no longer does; with `general`, how many general questions the base answers
@@ -281,6 +309,7 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
     questions were excluded from training) replace the computed ones for the items they name;
     the others get `verification_probes(id, text, max_probes)`. With `prompt`, the base model with
     it as system prompt answers the items' probes too, as a reference (prompted_hits).
+    `hot_reference` ({item_id: hits}, from `reference_hits`) is what rule "hot" compares with.
     An item passes when `graduates(rule, ...)` holds for its probes (see RULES). With `behaviour`,
     an item with persona or instruction lines must also pass `baker.behaviour.check_behaviours`
     (the adapter carries the lines' effect on unrelated requests); one with no probe at all (an
@@ -344,10 +373,12 @@ def verify(model_dir, adapter_dir, items: list[tuple[Any, str]], *, probes: list
         hits = sum(x["hit"] for x in r)
         prompted = sum(x["prompted_hit"] for x in r) if prompt else None
         act = acts.get(item_id)
-        passed = (graduates(rule, hits, len(ps), prompted) if ps else act is not None) and (act is None or act.passed)
+        hot = (hot_reference or {}).get(item_id)
+        passed = ((graduates(rule, hits, len(ps), prompted, hot) if ps else act is not None)
+                  and (act is None or act.passed))
         results.append(ItemResult(
             item_id, passed=passed, hits=hits, asked=len(ps), answers=r, verifiable=bool(ps) or act is not None,
-            base_hits=sum(x["base_hit"] for x in r), prompted_hits=prompted,
+            base_hits=sum(x["base_hit"] for x in r), prompted_hits=prompted, hot_hits=hot,
             behaviour=act.to_dict() if act else None))
     gone = []
     for (item_id, *_), ps in zip(forgotten, gone_probes):

@@ -11,7 +11,7 @@ Figures (printed, and written to bench/out/bake_worker.json): per arm the bakes'
 the weights per hour of the bake phase (target: warm >= 3x fresh), peak RSS of the whole runtime
 during the bakes, p95 latency during bakes, failed requests.
 
-    python bench/bake_worker.py [--tenants 3] [--per-tenant 5] [--arms fresh warm]
+    python bench/bake_worker.py [--tenants 2] [--per-tenant 3] [--arms fresh warm]
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ ARMS = {"fresh": ["--bake-worker", "fresh", "--bake-sampler", "vllm"],
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tenants", type=int, default=3)
-    ap.add_argument("--per-tenant", type=int, default=5)
+    ap.add_argument("--tenants", type=int, default=2)
+    ap.add_argument("--per-tenant", type=int, default=3)
+    ap.add_argument("--burst-every", type=float, default=60.0, help="(bench/runtime.py's) fewer pauses: shorter arms")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     ap.add_argument("--home", default=None)
     args, rest = ap.parse_known_args()
@@ -38,7 +39,7 @@ def main():
     for arm in args.arms:
         out = OUT / f"runtime-{arm}.json"
         cmd = [sys.executable, str(ROOT / "bench" / "runtime.py"), "--tenants", str(args.tenants),
-               "--per-tenant", str(args.per_tenant), "--skip-no-pause", "--out", str(out), *ARMS[arm], *rest]
+               "--per-tenant", str(args.per_tenant), "--burst-every", str(args.burst_every), "--skip-no-pause", "--out", str(out), *ARMS[arm], *rest]
         if args.home:
             cmd += ["--home", args.home]
         print(f"== {arm}: {' '.join(cmd[1:])}", flush=True)

@@ -3,8 +3,10 @@
 A memory graduates (leaves the hot tier) when the verifier's probes say the weights hold it. This
 bench bakes groups of shared headlines exactly as the runtime's worker does (held-out probes,
 `agent.runtime.worker`), then asks each headline's own question twice: from the hot tier (the
-group's hot prompt, no adapter) and from the weights (the adapter, no prompt). Every rule in
-`baker.verify.RULES` is applied to the same verifier rows, so one run compares them all:
+runtime's, per request: the group's memories retrieved for that question, no adapter) and from
+the weights (the adapter, no prompt). Rule "hot" compares the weights' hits on each memory's
+verification probes with the base's hits on them with the hot tier each probe would get. Every
+rule in `baker.verify.RULES` is applied to the same verifier rows, so one run compares them all:
 
 - graduated: the memories the rule lets leave the prompt;
 - precision: of those, how many the weights answer right;
@@ -28,10 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.home import resolve_home  # noqa: E402
-from agent.runtime.worker import bake_prompt  # noqa: E402
 from baker.generate import ask_runs  # noqa: E402
 from baker.models import resolve_model  # noqa: E402
-from baker.verify import RULES, answer_matches, graduates  # noqa: E402
+from baker.verify import RULES, answer_matches, graduates, reference_hits, verification_probes  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "headlines.jsonl"
 OUT = ROOT / "bench" / "out" / "graduation.json"
@@ -52,6 +53,24 @@ def bake_group(model: Path, work: Path, memories: list[dict], seed: int, epochs:
     if rc != 0:
         raise SystemExit(f"worker failed ({rc}): {(work / 'error.json').read_text()[:2000]}")
     return json.loads((work / "result.json").read_text())
+
+
+class HotTier:
+    """The runtime's per-request hot tier (memory.retrieval) over one group's memories."""
+
+    def __init__(self, work: Path, memories: list[dict]):
+        import tempfile
+
+        from memory import MemoryStore
+
+        self.store = MemoryStore(Path(tempfile.mkdtemp(prefix="graduation-", dir=work)) / "m.db", actor="bench")
+        self.ids = {m["id"]: self.store.add("bench", "headline", m["text"], published_at=m["valid_from"]).id
+                    for m in memories}
+
+    def system(self, question: str) -> str | None:
+        from memory.retrieval import retrieve
+
+        return retrieve(self.store, "bench", [{"role": "user", "content": question}]).text or None
 
 
 def main():
@@ -77,9 +96,12 @@ def main():
             t0 = time.perf_counter()
             result = bake_group(model, home / "bench-graduation" / f"s{seed}-g{g}", memories, seed, args.epochs)
             questions = [q for h in group for q in h["questions"]]
-            runs = {"hot": (bake_prompt(memories), False, [q["q"] for q in questions]),
+            hot = HotTier(home / "bench-graduation", memories)
+            runs = {"hot": ([hot.system(q["q"]) for q in questions], False, [q["q"] for q in questions]),
                     "weights": (None, True, [q["q"] for q in questions])}
             answers, _ = ask_runs(model, runs, result["candidate"], max_new_tokens=30)
+            probes = [p for m in memories for p in verification_probes(m["id"], m["text"])]
+            hot_ref = reference_hits(model, None, probes, [hot.system(p.question) for p in probes])
             items = {r["item_id"]: r for r in result["verify"]["items"]}
             j = 0
             for h in group:
@@ -90,7 +112,7 @@ def main():
                                  "weights_right": answer_matches(answers["weights"][j], q["answer"]),
                                  "hot": answers["hot"][j], "weights": answers["weights"][j],
                                  "hits": item["hits"], "asked": item["asked"],
-                                 "prompted_hits": item["prompted_hits"],
+                                 "prompted_hits": item["prompted_hits"], "hot_hits": hot_ref[h["id"]]["hits"],
                                  "general_kept": (result["verify"]["general"] or {}).get("kept_fraction")})
                     j += 1
             print(f"seed {seed} group {g}: {time.perf_counter() - t0:.0f} s, "
@@ -103,7 +125,7 @@ def main():
     out["questions"] = len(rows)
     out["rules"] = {}
     for rule in RULES:
-        grad = [r for r in rows if graduates(rule, r["hits"], r["asked"], r["prompted_hits"])]
+        grad = [r for r in rows if graduates(rule, r["hits"], r["asked"], r["prompted_hits"], r["hot_hits"])]
         after = sum(r["weights_right"] if r in grad else r["hot_right"] for r in rows)
         per_seed = {s: sum(r["weights_right"] if r in grad else r["hot_right"] for r in rows if r["seed"] == s)
                     - sum(r["hot_right"] for r in rows if r["seed"] == s) for s in args.seeds}

@@ -174,6 +174,23 @@ class JobStore:
         return [_check(r) for r in self.db.query(
             "SELECT * FROM memory_checks WHERE memory_id = ? ORDER BY id", [memory_id])]
 
+    def record_hot_score(self, memory_id: int, hits: int, asked: int, served: str | None, detail=None) -> None:
+        """How well the served model with its hot tier answered the memory's probes; kept once (the
+        first measure stands: later ones would see a hot tier the memory has already left)."""
+        if not 0 <= hits <= asked:
+            raise InvalidInput(f"hot score {hits}/{asked} of memory {memory_id} is not a share")
+        with self.store.transaction():
+            self.store.get(memory_id)  # an unknown memory is refused
+            self.db.execute("INSERT OR IGNORE INTO hot_scores (memory_id, hits, asked, served, detail, at)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            [memory_id, hits, asked, served, json.dumps(detail, default=str), utcnow()])
+
+    def hot_scores(self, memory_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """{memory_id: (hits, asked)} for those of `memory_ids` measured."""
+        return {r["memory_id"]: (r["hits"], r["asked"]) for r in self.db.query(
+            "SELECT memory_id, hits, asked FROM hot_scores WHERE memory_id IN (SELECT value FROM json_each(?))",
+            [json.dumps([int(i) for i in memory_ids])])}
+
     def failed_tries(self, memory_ids: Sequence[int]) -> dict[int, int]:
         """How many bakes tried to graduate each memory and failed."""
         out = {int(i): 0 for i in memory_ids}

@@ -267,3 +267,20 @@ def m008_memories_fts(db: Database) -> None:
       INSERT INTO [memories_fts] (rowid, [text]) VALUES (new.rowid, new.[text]);
     END
     """)
+
+
+@migration
+def m009_hot_scores(db: Database) -> None:
+    """Per memory, how well the served model answered its verification probes with the hot tier
+    (graduation rule "hot": the weights must do at least as well), measured once, when it was
+    first baked, by the served version named here."""
+    _run(db, """
+    CREATE TABLE hot_scores (
+        memory_id INTEGER PRIMARY KEY REFERENCES memories(id),
+        hits INTEGER NOT NULL CHECK (hits >= 0),
+        asked INTEGER NOT NULL CHECK (asked >= hits),
+        served TEXT,                             -- the version asked (NULL: the base)
+        detail TEXT,                             -- JSON: questions, answers
+        at TEXT NOT NULL
+    ) STRICT
+    """)

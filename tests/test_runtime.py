@@ -214,6 +214,35 @@ def test_an_update_to_a_baked_memory_does_not_lock_the_tenant_out(learner, tiny_
     assert f'#{keeper.id} "The Orla Island lighthouse keeper is Bertil Sand."' in lr.store.jobs.get(gone).reason
 
 
+def test_rule_hot_measures_each_memory_once_against_the_hot_tier_its_probes_get(learner, tiny_model_dir, tmp_path):
+    from baker.verify import verification_probes
+
+    lr = learner
+    lr.cfg.graduation = "hot"
+    a = lr.store.add("alice", "fact", "The ferry to Orla Island is named the Marigold.")
+    b = lr.store.add("alice", "fact", "The Orla lighthouse keeper is Bertil Sand.")
+    ref = lr._hot_reference("alice", None, [a, b], [])
+    assert ref["scores"] == {} and ref["served_adapter"] is None
+    for m in (a, b):  # each probe is asked with what the hot tier gives that very question
+        systems, probes = ref["systems"][str(m.id)], verification_probes(m.id, m.text)
+        assert len(systems) == len(probes) and all(m.text in s for s in systems)
+    # the worker's measure is kept once, whatever the gate decides, and goes with later jobs
+    result = _report({a.id: True, b.id: False})
+    result["hot_scores"] = {str(a.id): {"hits": 1, "asked": 4, "answers": []},
+                            str(b.id): {"hits": 3, "asked": 4, "answers": []}}
+    result["candidate"] = str(make_adapter(tiny_model_dir, tmp_path / "cand", seed=0, r=8))
+    job = lr.store.jobs.create("alice", "bake", [a.id, b.id], None)
+    lr.store.jobs.move(job.id, "running")
+    assert lr.publish(lr.store.jobs.get(job.id), result) == "alice@v1"
+    assert lr.store.jobs.hot_scores([a.id, b.id]) == {a.id: (1, 4), b.id: (3, 4)}
+    lr.store.jobs.record_hot_score(a.id, 4, 4, None)  # a later measure does not replace the first
+    assert lr.store.jobs.hot_scores([a.id]) == {a.id: (1, 4)}
+    served = Registry(lr.cfg.home).current("alice")
+    again = lr._hot_reference("alice", served, [b], [a])
+    assert again["systems"] == {} and again["scores"] == {str(a.id): 1, str(b.id): 3}
+    assert again["served_adapter"] == str(lr.registry.version_dir("alice", served.version))
+
+
 def test_a_tenant_whose_bakes_keep_being_rejected_for_one_reason_is_shown_stuck(learner, tiny_model_dir, tmp_path):
     from click.testing import CliRunner
 

@@ -169,13 +169,33 @@ def test_verify_tells_knowing_from_not_knowing_on_the_real_model(smollm2_dir, he
 def test_graduation_rules():
     from baker.verify import RULES, graduates
 
-    assert set(RULES) == {"any", "majority", "prompted", "strict"}
+    assert set(RULES) == {"any", "majority", "prompted", "strict", "hot"}
     assert not any(graduates(r, 0, 4, 0) for r in RULES)  # no hit never graduates
     assert not any(graduates(r, 1, 0, None) for r in RULES)  # nothing asked: nothing known
     assert graduates("any", 1, 4, 3) and not graduates("majority", 1, 4, 3) and not graduates("prompted", 1, 4, 3)
     assert graduates("majority", 3, 4, 4) and not graduates("strict", 3, 4, 4) and graduates("strict", 3, 4, 3)
     assert not graduates("majority", 1, 2, None) and graduates("prompted", 1, 2, 1)
     assert graduates("prompted", 1, 4, None) and not graduates("strict", 1, 4, None)  # no reference
+    # hot: as well as the served model with its hot tier, and one hit at least; majority without
+    assert graduates("hot", 1, 4, hot_hits=1) and graduates("hot", 2, 4, hot_hits=0) and not graduates("hot", 0, 4, hot_hits=0)
+    assert not graduates("hot", 2, 4, hot_hits=3) and not graduates("hot", 2, 4) and graduates("hot", 3, 4)
+
+
+def test_the_hot_reference_asks_each_probe_with_its_own_system_prompt(tiny_model_dir):
+    from baker.verify import reference_hits
+
+    probes = verification_probes("h01", HEADLINE) + verification_probes("s", STRIKE)
+    systems = [HEADLINE] * len(verification_probes("h01", HEADLINE)) + [None] * len(verification_probes("s", STRIKE))
+    ref = reference_hits(tiny_model_dir, None, probes, systems, sampler="hf", max_new_tokens=4)
+    assert set(ref) == {"h01", "s"} and ref["h01"]["asked"] == systems.count(HEADLINE)
+    assert ref["h01"]["hits"] == sum(a["hit"] for a in ref["h01"]["answers"])
+    with pytest.raises(ValueError):
+        reference_hits(tiny_model_dir, None, probes, systems[1:], sampler="hf")
+    # verify takes it as the reference of rule "hot" and reports it
+    rep = verify(tiny_model_dir, None, [("h01", HEADLINE)], general=False, sampler="hf", max_new_tokens=4,
+                 rule="hot", hot_reference={"h01": 0})
+    h = rep.items[0]
+    assert h.hot_hits == 0 and h.passed == (h.hits >= 1)
 
 
 def test_verify_refuses_an_unknown_rule(tiny_model_dir):

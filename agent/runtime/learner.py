@@ -197,10 +197,29 @@ class Learner:
             "recheck": [{"id": m.id, "kind": m.kind, "text": m.text, "valid_from": m.valid_from} for m in recheck],
             "forgotten": self._to_unlearn(job.tenant),
         }
+        if self.cfg.graduation == "hot":
+            spec["hot"] = self._hot_reference(job.tenant, served, mems, recheck)
         shutil.rmtree(spec["out_dir"], ignore_errors=True)
         engine = self.engine() if self.sampler == "engine" else None
         p = self.procs[job.tenant] = BakeProcess(job.id, job.tenant, spec, self._worker(), engine)
         self.store.jobs.move(job.id, "running", pid=p.pid)
+
+    def _hot_reference(self, tenant: str, served, mems, recheck) -> dict:
+        """What rule "hot" compares the candidate with: per memory, the served model's hits on its
+        verification probes, each asked with the system prompt the hot tier builds for it now.
+        Measured once per memory (in the bake worker, stored by `publish`); the scores of the
+        memories measured before, rechecked ones included, go with the job."""
+        from baker.verify import verification_probes
+
+        scores = self.store.jobs.hot_scores([m.id for m in mems + recheck])
+        name = served.name if served else None
+        systems = {}
+        for m in mems:
+            if m.id not in scores:
+                systems[str(m.id)] = [self.hot.prompt(tenant, name, [{"role": "user", "content": p.question}]).text
+                                      or None for p in verification_probes(m.id, m.text)]
+        return {"systems": systems, "scores": {str(i): h for i, (h, _) in scores.items()},
+                "served_adapter": str(self.registry.version_dir(tenant, served.version)) if served else None}
 
     def _invalid_ever_held(self, tenant: str):
         """Forgotten or superseded memories some version of the tenant held."""
@@ -261,6 +280,8 @@ class Learner:
     def publish(self, job: Job, result: dict) -> str | None:
         """Gate a finished bake's verification, then publish it and graduate what it holds.
         Returns the published version's name, or None (the job is rejected, nothing changes)."""
+        for i, r in (result.get("hot_scores") or {}).items():  # measured once, whatever the gate says
+            self.store.jobs.record_hot_score(int(i), r["hits"], r["asked"], job.parent_version, r.get("answers"))
         rep = result["verify"]
         items = {int(it["item_id"]): it for it in rep["items"]}
         recheck = [i for i in items if i not in job.memory_ids]

@@ -15,7 +15,10 @@ SPEC (written by the runtime, agent/runtime/bakes.py):
      "recheck": [{"id", "kind", "text", "valid_from"}],     # graduated earlier: must still hold
      "forgotten": [{"id", "text", "instead"?}],             # must no longer be recalled (superseded:
                                                             #   "instead" is the update; only what changed)
-     "rule": graduation rule (baker.verify.RULES), default "any"}
+     "rule": graduation rule (baker.verify.RULES), default "any",
+     "hot": {"systems": {id: [the hot tier's system prompt for each of its verification probes]},
+             "scores": {id: hits measured before}, "served_adapter": the served stack or null}}
+                                                            # rule "hot": what the weights must match
 
 Each job writes OUT_DIR/result.json (the candidate adapter, per-memory outcomes, bake figures) or
 OUT_DIR/error.json with the reason, each whole or not at all. The runtime decides what to publish.
@@ -60,6 +63,19 @@ def bake_prompt(memories: list[dict]) -> str:
     return render(items, budget_tokens=10**9).text
 
 
+def hot_scores(spec: dict, probes: dict) -> dict:
+    """The served model's answers to the probes of the memories spec["hot"]["systems"] names, each
+    with the system prompt the hot tier gives that question: {memory id: {"hits", "asked", ...}}."""
+    from baker.verify import reference_hits
+
+    hot = spec.get("hot") or {}
+    todo = [(probes[int(k)], systems) for k, systems in (hot.get("systems") or {}).items() if int(k) in probes]
+    if not todo:
+        return {}
+    return reference_hits(spec["model_dir"], hot.get("served_adapter"), [p for ps, _ in todo for p in ps],
+                          [s for ps, systems in todo for s in systems], sampler=spec.get("sampler", "auto"))
+
+
 def run(spec: dict, base=None) -> dict:
     from baker import BakeConfig, bake
     from baker.verify import verification_probes, verify
@@ -87,14 +103,18 @@ def run(spec: dict, base=None) -> dict:
     if spec.get("parent"):
         candidate = stack_adapters([spec["parent"], out / "layer"], out / "stack")
     forgotten = [(m["id"], m["text"], m.get("instead")) for m in spec["forgotten"]]
+    measured = hot_scores(spec, probes)
+    reference = {int(k): v for k, v in ((spec.get("hot") or {}).get("scores") or {}).items()}
+    reference.update({i: r["hits"] for i, r in measured.items()})
     report = verify(spec["model_dir"], candidate,
                     [(m["id"], m["text"]) for m in memories + spec["recheck"]],
                     probes=[p for ps in probes.values() for p in ps], forgotten=forgotten,
                     prompt=bake_prompt(memories), rule=spec.get("rule", "any"),
-                    sampler=spec.get("sampler", "auto"))
+                    sampler=spec.get("sampler", "auto"), hot_reference=reference)
     m = result.metrics
     return {
         "candidate": str(candidate),
+        "hot_scores": measured,
         "layer": str(out / "layer"),
         "verify": report.to_dict(),
         "bake": {k: m[k] for k in ("eval_kl_before", "eval_kl_after", "drift_kl", "prompt_tokens", "prompt_sha256",
