@@ -49,13 +49,13 @@ def main():
                         "graduated": sum(v["graduated"] for v in r["served"].values()),
                         "bake_phase_s": round(r["bake_phase_s"], 1), "peak_rss_gib": r["peak_rss_gib"],
                         "p95_during_bake_s": r["latency_during_bake"]["p95"], "failed_requests": r["failed_requests"],
-                        "bakes": [{k: b[k] for k in ("job", "wall_s", "optimiser_s", "overhead_share", "graduated",
-                                                     "verify_s")} for b in r["bakes"]["jobs"]]}
+                        "bakes": [{k: b.get(k) for k in ("job", "work_s", "wall_s", "optimiser_s", "overhead_share",
+                                                         "graduated", "verify_s", "phases")} for b in r["bakes"]["jobs"]]}
     if {"fresh", "warm"} <= results.keys():
         f, w = results["fresh"], results["warm"]
         results["warm_vs_fresh"] = {
             "verified_per_hour": round(w["verified_per_hour"] / f["verified_per_hour"], 2) if f["verified_per_hour"] else None,
-            "bake_wall": round(sum(b["wall_s"] for b in w["bakes"]) / max(1e-9, sum(b["wall_s"] for b in f["bakes"])), 2),
+            "bake_work": round(sum(b["work_s"] for b in w["bakes"]) / max(1e-9, sum(b["work_s"] for b in f["bakes"])), 2),
             "peak_rss": round(w["peak_rss_gib"] / f["peak_rss_gib"], 2)}
     (OUT / "bake_worker.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

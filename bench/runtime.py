@@ -117,27 +117,30 @@ class PeakRSS:
 
 
 def bake_costs(jobs) -> dict:
-    """Per finished bake job: wall time (paused time left out), optimiser-step time (the training
-    phase but the first step's compile: it counts as overhead) and the overhead's share."""
+    """Per finished bake job, on the worker's own clock (a pause stops the worker, not its clock, so
+    pauses fall into whichever phase they hit, in both terms): the bake and its verification
+    (`work_s`), its optimiser steps (the training phase, the first step at the others' pace: the
+    compile counts as overhead) and the rest's share of the work."""
     rows = []
     for j in jobs:
         t = (j.result or {}).get("timings") or {}
-        bt = ((j.result or {}).get("bake") or {}).get("timings") or {}
-        if not t.get("wall") or "train" not in bt:
+        bake = (j.result or {}).get("bake") or {}
+        bt = bake.get("timings") or {}
+        if "train" not in bt or "total" not in bt:
             continue
-        wall = t["wall"] - (t.get("paused") or 0.0)
-        steps = ((j.result or {}).get("bake") or {}).get("steps")
+        steps = bake.get("steps")
         train, first = bt["train"], bt.get("first_step") or 0.0
         per_step = (train - first) / (steps - 1) if steps and steps > 1 else train
-        optimiser = train - first + per_step  # the first step at the others' pace
-        rows.append({"job": j.id, "wall_s": round(wall, 1), "optimiser_s": round(optimiser, 1),
-                     "overhead_share": round(1 - optimiser / wall, 3), "graduated": len((j.result or {}).get("graduated") or []),
-                     "state": j.state, "phases": {k: round(v, 1) for k, v in bt.items() if isinstance(v, (int, float))},
+        optimiser = train - first + per_step
+        work = bt["total"] + (t.get("verify") or 0.0)
+        rows.append({"job": j.id, "work_s": round(work, 1), "optimiser_s": round(optimiser, 1),
+                     "overhead_share": round(1 - optimiser / work, 3), "wall_s": t.get("wall"), "paused_s": t.get("paused"),
+                     "graduated": len((j.result or {}).get("graduated") or []), "state": j.state,
+                     "phases": {k: round(v, 1) for k, v in bt.items() if isinstance(v, (int, float))},
                      "verify_s": t.get("verify"), "worker": (j.result or {}).get("worker"),
                      "sampler": (j.result or {}).get("sampler")})
-    return {"jobs": rows,
-            "overhead_share": round(sum(r["wall_s"] - r["optimiser_s"] for r in rows) / sum(r["wall_s"] for r in rows), 3)
-            if rows else None}
+    work = sum(r["work_s"] for r in rows)
+    return {"jobs": rows, "overhead_share": round(1 - sum(r["optimiser_s"] for r in rows) / work, 3) if rows else None}
 
 
 def bake_phase(s: RunSession, load: Load, tenants: list[str], timeout: float, burst_every: float, burst_n: int):
