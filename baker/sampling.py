@@ -141,8 +141,18 @@ class VLLMSampler:
             llm.llm_engine.engine_core.shutdown()
 
 
-ENGINE_ENV = ("BAKEHOUSE_ENGINE_URL", "BAKEHOUSE_ENGINE_KEY", "BAKEHOUSE_ENGINE_MODEL", "BAKEHOUSE_ENGINE_PRIORITY",
-              "BAKEHOUSE_ENGINE_MAX_LEN")
+# where a running engine is: field of the runtime's engine access -> the environment variable
+ENGINE_ENV = {f: f"BAKEHOUSE_ENGINE_{f.upper()}" for f in ("url", "key", "model", "priority", "max_len")}
+
+
+def use_engine(engine: dict | None) -> None:
+    """Point this process's EngineSampler at `engine` ({"url", "key", ...}; None: at none)."""
+    for field, var in ENGINE_ENV.items():
+        value = (engine or {}).get(field)
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = str(value)
 
 
 class EngineSampler:
@@ -161,7 +171,7 @@ class EngineSampler:
     def __init__(self, model_dir=None, adapter_dir=None, seed: int = 0, timeout: float = 3600.0):
         import httpx
 
-        url, key, model, priority, _ = (os.environ.get(k) for k in ENGINE_ENV)
+        url, key, model, priority = (os.environ.get(ENGINE_ENV[f]) for f in ("url", "key", "model", "priority"))
         if not (url and model):
             raise BakeError("sampler 'engine' needs BAKEHOUSE_ENGINE_URL and BAKEHOUSE_ENGINE_MODEL (a running "
                             "vLLM server); use 'vllm' or 'hf' to sample with an engine of the bake's own")
@@ -222,7 +232,7 @@ def _cut_at_stop(row: list[int], stops: list[int]) -> list[int]:
 
 def fits_engine(max_model_len: int) -> bool:
     """Whether sequences of `max_model_len` fit the serving engine's context (BAKEHOUSE_ENGINE_MAX_LEN)."""
-    served_len = int(os.environ.get("BAKEHOUSE_ENGINE_MAX_LEN") or 0)
+    served_len = int(os.environ.get(ENGINE_ENV["max_len"]) or 0)
     return not served_len or max_model_len <= served_len
 
 

@@ -400,9 +400,7 @@ def test_a_restart_requeues_the_interrupted_job_and_sweeps_its_scratch(home, tin
 
 def test_a_request_pauses_the_bake_process_group_and_idle_resumes_it(learner):
     lr = learner
-    lr.store.add("alice", "fact", "The ship is called the Marigold.")
-    lr.tick()
-    p = lr.proc
+    p = _bake_started(lr)
     time.sleep(2)
     lr.cfg.idle_seconds, lr.idle["for"] = 5, 0.0  # a request: not idle for 5 s
     lr.on_request("alice")
@@ -444,9 +442,7 @@ def test_one_warm_worker_runs_the_jobs_one_after_another_on_the_model_it_loaded_
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_again(learner):
     lr = learner
-    lr.store.add("alice", "fact", "The ship is called the Marigold.")
-    lr.tick()
-    p = lr.proc
+    p = _bake_started(lr)
     time.sleep(1)
     os.killpg(p.pid, signal.SIGKILL)
     p.worker.proc.wait(10)
@@ -458,6 +454,13 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_again(learner):
     lr.proc.worker.proc.wait(10)
     lr.tick()
     assert lr.store.jobs.get(p.job_id).state == "failed"
+
+
+def _bake_started(lr):
+    """A memory stored and the tick that starts its bake: the running job."""
+    lr.store.add("alice", "fact", "The ship is called the Marigold.")
+    lr.tick()
+    return lr.proc
 
 
 def _status_becomes(pid, *states, timeout=3.0):

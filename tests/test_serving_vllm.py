@@ -141,8 +141,8 @@ def test_bakes_sample_through_the_serving_engine_under_a_private_name(served, mo
 
     access = served.gateway.engine_access()
     assert access and access["priority"] > 0
-    for k, v in zip(ENGINE_ENV, ("url", "key", "model", "priority", "max_len")):
-        monkeypatch.setenv(k, str(access[v]))
+    for field, var in ENGINE_ENV.items():
+        monkeypatch.setenv(var, str(access[field]))
     tok = AutoTokenizer.from_pretrained(served.base)
     prompts = [chat_ids(tok, q) for q in ("What is the capital of France?", "Name a colour.")]
     plain = open_sampler("engine", served.base, max_model_len=512)

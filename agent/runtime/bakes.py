@@ -38,7 +38,6 @@ class BakeWorker:
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env,
                 start_new_session=True,  # its own group: pause/kill reach a sampler's vLLM children too
             )
-        self.jobs = 0
         log.info("bake worker started, pid %d%s", self.proc.pid, "" if warm else " (one job)")
 
     @property
@@ -51,7 +50,6 @@ class BakeWorker:
     def submit(self, spec_path: Path, engine: dict | None) -> None:
         self.proc.stdin.write((json.dumps({"spec": str(spec_path), "engine": engine}) + "\n").encode())
         self.proc.stdin.flush()
-        self.jobs += 1
         if not self.warm:
             self.proc.stdin.close()  # one job, then end of input: the worker exits
 
@@ -139,6 +137,11 @@ class BakeProcess:
             return None
         # it may have written its answer just before it exited
         return 0 if (self.out / RESULT).is_file() else 1 if (self.out / ERROR).is_file() else (code or 1)
+
+    @property
+    def died(self) -> bool:
+        """The worker is gone and left no answer (a crash or a kill, not a bake that failed)."""
+        return self.poll() is not None and not (self.out / RESULT).is_file() and not (self.out / ERROR).is_file()
 
     def outcome(self) -> tuple[dict | None, str | None]:
         """(result, None) after a successful run, else (None, why it failed)."""

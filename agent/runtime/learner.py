@@ -20,7 +20,6 @@ from memory import Job, MemoryStore
 from serving.errors import ServingError
 
 from .bakes import BakeProcess, BakeWorker
-from .worker import ERROR
 from .config import RuntimeConfig
 from .hot import HotTier, hot_tier
 from .planner import HotMemory, Limits, TenantState, next_bake
@@ -269,7 +268,7 @@ class Learner:
         if result is None:
             log.error("bake job %d (%s) failed: %s", job.id, job.tenant, error)
             self._crashed[job.tenant] = time.time()
-            if not p.worker.alive() and not (p.out / ERROR).is_file() and job.attempts < 2:
+            if p.died and job.attempts < 2:
                 self.store.jobs.move(job.id, "queued", reason=f"the bake worker died; again in a fresh one: {error}")
             else:
                 self.store.jobs.move(job.id, "failed", reason=error)

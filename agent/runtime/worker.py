@@ -131,14 +131,9 @@ def _write(path: Path, data: dict) -> None:
 
 def run_job(spec_path: Path, base=None, engine: dict | None = None) -> int:
     """One job: its result or its error written into its out_dir; 0 / 1."""
-    from baker.sampling import ENGINE_ENV
+    from baker.sampling import use_engine
 
-    for k, v in zip(ENGINE_ENV, ("url", "key", "model", "priority", "max_len")):
-        value = (engine or {}).get(v)
-        if value is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = str(value)
+    use_engine(engine)
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])
     t0 = time.perf_counter()
