@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from memory import MemoryStore, MemoryStoreError
 from memory.store import check_tenant
 from serving.episodes import CONVERSATION_HEADER
+from serving.hot import USER_HEADER
 from serving.hot import HOT_MEMORIES_HEADER, HOT_TOKENS_HEADER, VERSION_HEADER
 
 from .home import resolve_home
@@ -58,6 +59,9 @@ class BakehouseChat(ChatOpenAI):
     """Informational (the key decides the tenant); the default model name."""
     conversation_id: str | None = Field(default_factory=lambda: uuid.uuid4().hex)
     """Sent as X-Bakehouse-Conversation with every call; a new one per instance, None: not sent."""
+    end_user: str | None = None
+    """The end user this model speaks for (X-Bakehouse-User): their conversations, summaries and
+    rules stay theirs (memory.trust); None: not named."""
 
     # ChatOpenAI's defaults, set for the gateway.
     request_timeout: float | tuple[float, float] | Any | None = Field(default=DEFAULT_TIMEOUT, alias="timeout")
@@ -116,9 +120,10 @@ class BakehouseChat(ChatOpenAI):
 
     def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)
-        if self.conversation_id:
-            payload["extra_headers"] = {**(payload.get("extra_headers") or {}),
-                                        CONVERSATION_HEADER: self.conversation_id}
+        extra = {CONVERSATION_HEADER: self.conversation_id, USER_HEADER: self.end_user}
+        extra = {k: v for k, v in extra.items() if v}
+        if extra:
+            payload["extra_headers"] = {**(payload.get("extra_headers") or {}), **extra}
         return payload
 
     # -- the answer: what served it -----------------------------------------------------------
@@ -188,8 +193,8 @@ class BakehouseChat(ChatOpenAI):
         `bakehouse run`. Returns the gateway's receipt ({"id", "status": "received"})."""
         import httpx
 
-        body = {k: v for k, v in {"comment": comment, "rating": rating,
-                                  "conversation_id": self.conversation_id}.items() if v is not None}
+        body = {k: v for k, v in {"comment": comment, "rating": rating, "conversation_id": self.conversation_id,
+                                  "user": self.end_user}.items() if v is not None}
         key = self.openai_api_key.get_secret_value() if self.openai_api_key else ""
         with self._gateway_errors():
             try:

@@ -70,7 +70,7 @@ def question_request(item: str, kind: str = "question") -> str:
     else:
         raise ValueError(f"unknown kind of self-written request {kind!r}; known: {', '.join(SELF_KINDS)}")
     worked = "".join(f"Sentence: {s}\n{label}: {r}\n\n" for s, r in shots)
-    return f"{worked}Sentence: {_DATE_PREFIX.sub('', item).strip()}\n{label}:"
+    return f"{worked}Sentence: {item_text(item)}\n{label}:"
 
 
 # Per prompt line: one cue with its opening words, so the teacher recites the line ...
@@ -95,6 +95,12 @@ _LEADING = {"the", "a", "an", "this", "that", "these", "those", "its", "his", "h
 _DATE_PREFIX = re.compile(r"^\s*(?:[-*•]\s*)?(?:\(?\d{4}-\d{2}-\d{2}\)?[:\s-]*)?")
 
 
+def item_text(line: str) -> str:
+    """A prompt line's own words: no bullet, no date, no quotes around a quoted item."""
+    text = _DATE_PREFIX.sub("", line).strip()
+    return text[1:-1].strip() if len(text) > 1 and text[0] == text[-1] == '"' else text
+
+
 SOURCES = ("generic", "probe", "self", "user", "anchor", "replay")
 
 
@@ -114,7 +120,7 @@ BEHAVIOUR = re.compile(r"(?:always|never|do not|don't|please|you (?:must|should|
 
 def behaviour_lines(prompt: str) -> list[str]:
     """The prompt's lines that ask for a behaviour (persona, instructions), not knowledge."""
-    return [line for line in prompt_items(prompt) if BEHAVIOUR.match(_DATE_PREFIX.sub("", line).strip())]
+    return [line for line in prompt_items(prompt) if BEHAVIOUR.match(item_text(line))]
 
 
 def focus_prompt(prompt: str, item: str) -> str:
@@ -124,7 +130,7 @@ def focus_prompt(prompt: str, item: str) -> str:
     headlines)."""
     kept: list[tuple[bool, str]] = []  # (is a header, line)
     for line in prompt_items(prompt):
-        body = _DATE_PREFIX.sub("", line).strip()
+        body = item_text(line)
         if line == item or BEHAVIOUR.match(body):
             kept.append((False, line))
         elif body.endswith(":") and len(body.split()) < 6:  # a section header ("Dated news:")
@@ -178,7 +184,7 @@ def names(item: str) -> list[str]:
     A line's first word is capitalised anyway, so a span starting there keeps it only when more
     capitalised words follow ("Brightwell Foods"); leading articles and pronouns are dropped.
     """
-    text = _DATE_PREFIX.sub("", item)
+    text = item_text(item)
     out: list[str] = []
     for m in _NAME.finditer(text):
         words = m.group(0).split()
@@ -210,10 +216,10 @@ def span_probes(prompt: str, forms=None) -> list[tuple[str, str | None, str | No
         raise ValueError(f"unknown question form(s): {', '.join(sorted(unknown))}")
     out: list[tuple[str, str | None, str | None]] = [(r, None, None) for r in RECALL_REQUESTS]
     for item in prompt_items(prompt):
-        words = _DATE_PREFIX.sub("", item).split()
+        words = item_text(item).split()
         if len(words) < 4:  # headers and fragments carry too little to probe
             continue
-        line = _DATE_PREFIX.sub("", item).strip()
+        line = item_text(item)
         if "tell" in forms:
             head = " ".join(words[: max(3, min(8, len(words) // 2))]).rstrip(",;:")
             out.extend((t.format(head=head), item, None) for t in _LINE_TEMPLATES)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Hashable, Iterable
 
-from .contexts import _CLOZE_TEMPLATES, _DATE_PREFIX, _NUMBER, BEHAVIOUR, behaviour_lines, names, prompt_items
+from .contexts import _CLOZE_TEMPLATES, _NUMBER, BEHAVIOUR, behaviour_lines, item_text, names, prompt_items
 from .generate import ask_runs, check_adapter
 
 COMPLETE_TEMPLATE = "Complete this sentence: {prefix}"
@@ -183,7 +183,7 @@ def _rank(text: str, span: str) -> str:
 
 def key_spans(line: str) -> list[str]:
     """The names and numbers of a line that the bake's cloze probes blank, in that order."""
-    line = _DATE_PREFIX.sub("", line).strip()
+    line = item_text(line)
     return [s for s in dict.fromkeys(names(line) + _NUMBER.findall(line)) if s in line]
 
 
@@ -200,10 +200,10 @@ def verification_probes(item_id, text: str, max_probes: int = 4) -> list[Probe]:
     spans: list[tuple[str, str]] = []  # (line, span), text order
     nested: dict[tuple[str, str], list[str]] = {}  # a span's spans inside it ("4" of "Vashti-4")
     for item in prompt_items(text):
-        words = _DATE_PREFIX.sub("", item).split()
+        words = item_text(item).split()
         if len(words) < 4:  # probe_questions does not probe headers and fragments either
             continue
-        line = _DATE_PREFIX.sub("", item).strip()
+        line = item_text(item)
         if BEHAVIOUR.match(line):
             continue
         found = key_spans(line)

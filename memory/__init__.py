@@ -28,6 +28,7 @@ from .store import (
     ADAPTER_STATUSES,
     DB_FILENAME,
     DEFAULT_TENANT,
+    ADMISSIONS,
     KINDS,
     STATUSES,
     Adapter,
@@ -37,6 +38,7 @@ from .store import (
     MemoryStore,
     content_hash,
 )
+from .trust import PRESETS, ForgetUserReport, Policy, TrustStore, trust_of
 
 __all__ = [
     "ADAPTER_STATUSES", "DB_FILENAME", "DEFAULT_TENANT", "KINDS", "STATUSES",
@@ -45,4 +47,5 @@ __all__ = [
     "FeedError", "InvalidInput", "MemoryStoreError", "MigrationError", "StateError",
     "StoreUnavailable", "UnknownAdapter", "UnknownEpisode", "UnknownFeed", "UnknownMemory",
     "UnknownTenant", "ACTIVE_STATES", "JOB_STATES", "Check", "Job", "JobStore", "UnknownJob",
+    "ADMISSIONS", "PRESETS", "ForgetUserReport", "Policy", "TrustStore", "trust_of",
 ]

@@ -5,8 +5,12 @@ Layout: one plain header per kind, in the fixed order of SECTIONS, newest memory
     Persona:
     - You are Ada, the ship's cook.
 
-    Dated news:
-    - 2026-11-03: The Quillon Institute unveils a battery made from seaweed, called the Kelpcell.
+    Quoted from news feeds:
+    - 2026-11-03: "The Quillon Institute unveils a battery made from seaweed, called the Kelpcell."
+
+Feed items are untrusted text: they are quoted under a header that says where they came from, so
+the model reads them as data, not as the operator's words (memory.screen quarantines the ones that
+read as orders before they get here).
 
 The same memories always give the same text (and so the same hash). The budget is spent in
 SECTIONS order; inside a kind, once a memory does not fit, it and every older one of that kind
@@ -27,10 +31,11 @@ SECTIONS = {
     "persona": "Persona",
     "instruction": "Instructions from the user",
     "fact": "Facts",
-    "headline": "Dated news",
+    "headline": "Quoted from news feeds",
     "episode_summary": "What happened in past conversations",
 }
 DATED = {"headline", "episode_summary"}  # items shown with their date
+QUOTED = {"headline"}  # items shown in quotes: someone else's words
 
 
 def approx_tokens(text: str) -> int:
@@ -163,6 +168,8 @@ def _fit(chosen: dict[str, list[Item]], order: list[str], left_out: list[int], b
 
 def _line(it: Item) -> str:
     body = "\n  ".join(it.text.splitlines())
+    if it.kind in QUOTED:
+        body = '"' + body.replace('"', "'") + '"'
     return f"- {it.valid_from[:10]}: {body}" if it.kind in DATED else f"- {body}"
 
 

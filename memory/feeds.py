@@ -19,6 +19,7 @@ import httpx
 
 from .db import utcnow
 from .errors import FeedError, InvalidInput, UnknownFeed
+from .screen import Verdict, screen_feed
 from .store import MemoryStore, check_tenant, content_hash
 
 TIMEOUT_S = 10.0
@@ -73,6 +74,7 @@ class Entry:
     text: str
     published_at: str | None
     meta: dict
+    raw: str = ""  # title and summary as the feed sent them (markup included), for memory.screen
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,11 @@ def poll_feed(
             if new >= max_new:
                 more = True
                 break
-            m = store.add(feed.tenant, "headline", entry.text, source=feed.source,
-                          published_at=entry.published_at, meta=entry.meta)
+            verdict = screen_entry(entry)
+            m = store.add(feed.tenant, "headline", entry.text, source=f"feed:{feed.source}",
+                          published_at=entry.published_at, meta=entry.meta,
+                          admission="admitted" if verdict.clean else "quarantined",
+                          admission_reason=verdict.reason)
             for key in entry.keys + (f"hash:{m.content_hash}",):
                 store.db.execute(
                     "INSERT INTO feed_items (feed_id, key, memory_id) VALUES (?, ?, ?)"
@@ -218,6 +223,13 @@ def poll_feed(
         _record(store, feed.id, title=parsed.title,
                 etag=None if more else fetched.etag, modified=None if more else fetched.modified)
     return PollResult(get_feed(store, feed.id), new=new, seen=seen, skipped=parsed.skipped, more=more)
+
+
+def screen_entry(entry: Entry) -> Verdict:
+    """Whether an entry reads as an order to the model, as the reader sees it or in its markup
+    (hidden text, comments): such an entry is stored quarantined, out of prompts and bakes."""
+    verdict = screen_feed(entry.text)
+    return screen_feed(entry.raw) if verdict.clean and entry.raw else verdict
 
 
 def _seen(store: MemoryStore, feed_id: int, entry: Entry) -> bool:
@@ -319,7 +331,8 @@ def _entry(raw) -> Entry | None:
         datetime.fromtimestamp(calendar.timegm(stamp), timezone.utc) if stamp else None
     )
     meta = {k: v for k, v in {"title": title, "link": link, "guid": guid}.items() if v}
-    return Entry(keys=keys, text=text, published_at=published and published.isoformat(), meta=meta)
+    raw_text = "\n".join(str(raw.get(k) or "") for k in ("title", "summary"))
+    return Entry(keys=keys, text=text, published_at=published and published.isoformat(), meta=meta, raw=raw_text)
 
 
 class _TextOnly(HTMLParser):

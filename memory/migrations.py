@@ -284,3 +284,27 @@ def m009_hot_scores(db: Database) -> None:
         at TEXT NOT NULL
     ) STRICT
     """)
+
+
+@migration
+def m010_trust(db: Database) -> None:
+    """Who a memory belongs to and whether it may reach prompts and weights.
+
+    `end_user`: the end user a memory is scoped to (their episodes, summaries and feedback), NULL for
+    the whole tenant. `admission`: admitted (prompts and bakes), proposed (a rule from feedback the
+    operator has not approved), quarantined (reads as an order to the model), rejected (refused by
+    the operator); `admission_reason` says why. A tenant's learning policy lives in `policies`."""
+    _run(db, """
+    ALTER TABLE memories ADD COLUMN end_user TEXT;
+    ALTER TABLE memories ADD COLUMN admission TEXT NOT NULL DEFAULT 'admitted'
+        CHECK (admission IN ('admitted', 'proposed', 'quarantined', 'rejected'));
+    ALTER TABLE memories ADD COLUMN admission_reason TEXT;
+    CREATE INDEX memories_by_user ON memories(tenant, end_user) WHERE end_user IS NOT NULL;
+    ALTER TABLE episodes ADD COLUMN end_user TEXT;
+    CREATE TABLE policies (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(name),
+        learn_instructions TEXT NOT NULL CHECK (learn_instructions IN ('review', 'auto', 'off')),
+        learn_episodes TEXT NOT NULL CHECK (learn_episodes IN ('user', 'tenant', 'off')),
+        updated_at TEXT NOT NULL
+    ) STRICT
+    """)

@@ -52,7 +52,7 @@ class Hit(NamedTuple):
 
 class Ranker(Protocol):
     def rank(self, store, tenant: str, query: str, *, exclude: Sequence[int] = (),
-             limit: int = 10) -> list[Hit]:
+             limit: int = 10, user: str | None = None) -> list[Hit]:
         """The tenant's live memories about `query`, best first (none: [])."""
 
 
@@ -88,22 +88,23 @@ def _text(content) -> str:
     return ""
 
 
-_LIVE = ("tenant = :tenant AND valid_to IS NULL AND status != 'forgotten'"
-         " AND id NOT IN (SELECT value FROM json_each(:exclude))")
+# live, admitted, the tenant's own or the asking end user's (memory.trust), not excluded
+_LIVE = ("tenant = :tenant AND valid_to IS NULL AND status != 'forgotten' AND admission = 'admitted'"
+         " AND (end_user IS NULL OR end_user IS :user) AND id NOT IN (SELECT value FROM json_each(:exclude))")
 
 
 class FTS5Ranker:
     """bm25 over SQLite FTS5 (memories_fts); any query word may match (OR), rare words weigh most."""
 
     def rank(self, store, tenant: str, query: str, *, exclude: Sequence[int] = (),
-             limit: int = 10) -> list[Hit]:
+             limit: int = 10, user: str | None = None) -> list[Hit]:
         words = terms(query)
         if not words or limit < 1:
             return []
         latest = wants_latest(query)
         rows = store.db["memories"].search(
             " OR ".join(f'"{w}"' for w in words), columns=["id", "kind", "text", "valid_from"],
-            where=_LIVE, where_args={"tenant": tenant, "exclude": json.dumps(list(exclude))},
+            where=_LIVE, where_args={"tenant": tenant, "exclude": json.dumps(list(exclude)), "user": user},
             limit=limit * 4 if latest else limit, include_rank=True)
         hits = [Hit(r["id"], r["kind"], r["text"], r["valid_from"], -r["rank"]) for r in rows]
         return (by_date_among_best(hits) if latest else hits)[:limit]
@@ -120,29 +121,33 @@ def by_date_among_best(hits: list[Hit]) -> list[Hit]:
 
 def retrieve(store, tenant: str, messages: Sequence[dict], *, exclude: Sequence[int] = (), top_k: int = 3,
              budget_tokens: int = 1500, count_tokens: Callable[[str], int] | None = None,
-             ranker: Ranker | None = None) -> Prompt:
+             ranker: Ranker | None = None, user: str | None = None) -> Prompt:
     """The hot prompt of one request: the pinned memories within PINNED_SHARE of the budget, then
     the `top_k` most relevant others (see the module docstring). `exclude`: what the served
-    weights hold. A pinned memory past its share is ranked like any other."""
-    pinned = _live(store, tenant, exclude, "AND kind IN (SELECT value FROM json_each(:kinds))", PINNED)
+    weights hold; `user`: the end user asking (their own memories join the tenant's). A pinned
+    memory past its share is ranked like any other."""
+    pinned = _live(store, tenant, exclude, "AND kind IN (SELECT value FROM json_each(:kinds))", PINNED, user=user)
     ranker = ranker or FTS5Ranker()
     queries = request_queries(messages)
     seen, ranked = set(exclude), []
     for query in queries:  # the last message's hits first, then the previous one's
-        for h in ranker.rank(store, tenant, query, exclude=sorted(seen), limit=2 * top_k + min(len(pinned), 20)):
+        for h in ranker.rank(store, tenant, query, exclude=sorted(seen), limit=2 * top_k + min(len(pinned), 20),
+                              user=user):
             seen.add(h.id)
             ranked.append(Item(h.id, h.kind, h.text, h.valid_from))
     if not ranked and queries and wants_latest(queries[0]):  # "what is new?": the newest ones
         ranked = _live(store, tenant, exclude, "AND kind NOT IN (SELECT value FROM json_each(:kinds))",
-                       PINNED, limit=top_k)
+                       PINNED, limit=top_k, user=user)
     return select(pinned, ranked, top_k=top_k, budget_tokens=budget_tokens, pinned_tokens=budget_tokens * PINNED_SHARE,
                   count_tokens=count_tokens)
 
 
-def _live(store, tenant: str, exclude: Sequence[int], where: str, kinds: Sequence[str], limit: int = -1) -> list[Item]:
+def _live(store, tenant: str, exclude: Sequence[int], where: str, kinds: Sequence[str], limit: int = -1,
+          user: str | None = None) -> list[Item]:
     """The tenant's live memories outside `exclude` that match `where` (over `:kinds`), newest first."""
     rows = store.db.execute(
         f"SELECT id, kind, text, valid_from FROM memories WHERE {_LIVE} {where} ORDER BY valid_from DESC, id DESC"
         " LIMIT :limit",
-        {"tenant": tenant, "exclude": json.dumps(list(exclude)), "kinds": json.dumps(list(kinds)), "limit": limit})
+        {"tenant": tenant, "exclude": json.dumps(list(exclude)), "kinds": json.dumps(list(kinds)), "limit": limit,
+         "user": user})
     return [Item(*r) for r in rows.fetchall()]

@@ -30,11 +30,14 @@ from .errors import (
 )
 from .jobs import JobStore
 from .migrations import migrate
+from .trust import TrustStore
 
 DB_FILENAME = "bakehouse.db"
 DEFAULT_TENANT = "default"
 KINDS = ("headline", "instruction", "episode_summary", "persona", "fact")
 STATUSES = ("pending", "baked", "forgotten")
+ADMISSIONS = ("admitted", "proposed", "quarantined", "rejected")
+MAX_USER_CHARS = 200
 ADAPTER_STATUSES = ("published", "rejected", "rolled_back")
 MAX_TEXT_CHARS = 100_000
 
@@ -57,6 +60,13 @@ def check_tenant(tenant: str) -> str:
             "starting with a letter or digit"
         )
     return tenant
+
+
+def check_user(user: str | None) -> str | None:
+    """An end user's name (the OpenAI `user` field): any non-blank string up to 200 characters."""
+    if user is not None and (not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS):
+        raise InvalidInput(f"invalid end user {user!r}: a non-blank string of at most {MAX_USER_CHARS} characters")
+    return user
 
 
 def check_kind(kind: str) -> str:
@@ -82,6 +92,14 @@ class Memory:
     meta: dict = field(default_factory=dict)
     adapter_versions: tuple[str, ...] = ()  # every ledger version that holds it
     created: bool = field(default=True, compare=False)  # False: add() found it already stored
+    end_user: str | None = None  # the end user it belongs to (their hot tier only, never baked); None: the tenant
+    admission: str = "admitted"  # admitted | proposed | quarantined | rejected (memory.trust)
+    admission_reason: str | None = None
+
+    @property
+    def admitted(self) -> bool:
+        """May reach prompts (and, unless scoped to one user, the weights)."""
+        return self.admission == "admitted"
 
     @property
     def valid(self) -> bool:
@@ -104,6 +122,7 @@ class Episode:
     conversation_start: int = 0  # index in that conversation of the episode's first message
     summary_tries: int = 0  # failed attempts at summarising it
     summary_error: str | None = None  # why the last one failed
+    end_user: str | None = None  # whose conversation it is (None: not named)
 
     @property
     def summarised(self) -> bool:
@@ -185,6 +204,7 @@ class MemoryStore:
             self.db.close()
             raise
         self.jobs = JobStore(self)
+        self.trust = TrustStore(self)
 
     @classmethod
     def in_home(cls, home: str | Path, **kwargs) -> MemoryStore:
@@ -235,11 +255,16 @@ class MemoryStore:
         source: str | None = None,
         published_at: datetime | str | None = None,
         meta: dict | None = None,
+        end_user: str | None = None,
+        admission: str = "admitted",
+        admission_reason: str | None = None,
     ) -> Memory:
         """Store a memory (the tenant is created on first use). If an identical live memory
-        (same normalised text) already exists for this tenant, return it with `created=False`."""
+        (same normalised text) already exists for this tenant, return it with `created=False`.
+        `end_user`: scoped to that end user; `admission`: see memory.trust."""
         return self.add_many(
-            tenant, [dict(kind=kind, text=text, source=source, published_at=published_at, meta=meta)]
+            tenant, [dict(kind=kind, text=text, source=source, published_at=published_at, meta=meta,
+                          end_user=end_user, admission=admission, admission_reason=admission_reason)]
         )[0]
 
     def add_many(self, tenant: str, items: Iterable[dict]) -> list[Memory]:
@@ -261,9 +286,15 @@ class MemoryStore:
         source: str | None = None,
         published_at: datetime | str | None = None,
         meta: dict | None = None,
+        end_user: str | None = None,
+        admission: str = "admitted",
+        admission_reason: str | None = None,
     ) -> dict:
         check_tenant(tenant)
         check_kind(kind)
+        check_user(end_user)
+        if admission not in ADMISSIONS:
+            raise InvalidInput(f"invalid admission {admission!r}: choose one of {', '.join(ADMISSIONS)}")
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("a memory needs a non-empty text")
         text = text.strip()
@@ -281,6 +312,9 @@ class MemoryStore:
             "content_hash": content_hash(text),
             "status": "pending",
             "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True) if meta else None,
+            "end_user": end_user,
+            "admission": admission,
+            "admission_reason": admission_reason[:500] if admission_reason else None,
         }
 
     def _insert(self, row: dict) -> tuple[int, bool]:
@@ -305,6 +339,9 @@ class MemoryStore:
             at=row["created_at"],
             kind=row["kind"],
             source=row["source"],
+            end_user=row["end_user"],
+            admission=None if row["admission"] == "admitted" else row["admission"],
+            reason=row["admission_reason"],
         )
         return hit[0], True
 
@@ -335,20 +372,27 @@ class MemoryStore:
         kind: str | Sequence[str] | None = None,
         valid_only: bool = False,
         limit: int | None = None,
+        admission: str | Sequence[str] | None = "admitted",
+        users: str | bool = False,
     ) -> list[Memory]:
-        """A tenant's memories, newest first. status None = pending and baked (not forgotten)."""
+        """A tenant's memories, newest first. status None = pending and baked (not forgotten);
+        `admission` None = any; `users`: False = the tenant's own (no end user's), a name = the
+        tenant's and that end user's, True = everyone's."""
         self.require_tenant(tenant)
         statuses = _as_list(status, STATUSES, "status") or ["pending", "baked"]
         kinds = _as_list(kind, KINDS, "kind") or list(KINDS)
+        admissions = _as_list(admission, ADMISSIONS, "admission") or list(ADMISSIONS)
+        scope, scope_args = _scope_sql(users, "m.")
         sql = (
             _MEMORY_SELECT
             + " WHERE m.tenant = ? AND m.status IN (SELECT value FROM json_each(?))"
             " AND m.kind IN (SELECT value FROM json_each(?))"
+            " AND m.admission IN (SELECT value FROM json_each(?))" + scope
             + (" AND m.valid_to IS NULL" if valid_only else "")
             + " ORDER BY m.valid_from DESC, m.id DESC"
             + (" LIMIT ?" if limit is not None else "")
         )
-        params: list[Any] = [tenant, json.dumps(statuses), json.dumps(kinds)]
+        params: list[Any] = [tenant, json.dumps(statuses), json.dumps(kinds), json.dumps(admissions), *scope_args]
         if limit is not None:
             params.append(limit)
         return [_memory(r) for r in self.db.query(sql, params)]
@@ -381,7 +425,7 @@ class MemoryStore:
                 )
             row = self._memory_row(
                 old.tenant, now, kind=kind or old.kind, text=text, source=source,
-                published_at=published_at, meta=meta,
+                published_at=published_at, meta=meta, end_user=old.end_user,
             )
             if row["content_hash"] == old.content_hash:
                 raise StateError(f"memory {old_id} already says that")
@@ -472,10 +516,13 @@ class MemoryStore:
         close: bool = False,
         conversation_id: str | None = None,
         conversation_start: int = 0,
+        end_user: str | None = None,
     ) -> Episode:
         """Append messages ({"role", "content"}, other keys kept) to an open episode, or start one
-        (of the client conversation `conversation_id`, from its message `conversation_start` on)."""
+        (of the client conversation `conversation_id`, from its message `conversation_start` on,
+        with the end user `end_user`)."""
         messages = _check_messages(messages)
+        check_user(end_user)
         now = utcnow()
         with self.transaction():
             if episode_id is None:
@@ -485,6 +532,7 @@ class MemoryStore:
                     "messages": json.dumps(messages, ensure_ascii=False),
                     "started_at": now, "updated_at": now,
                     "conversation_id": conversation_id, "conversation_start": conversation_start,
+                    "end_user": end_user,
                 }).last_pk
             else:
                 ep = self.episode(episode_id)
@@ -508,11 +556,11 @@ class MemoryStore:
             raise UnknownEpisode(episode_id)
         return _episode(row)
 
-    def conversation_episode(self, tenant: str, conversation_id: str) -> Episode | None:
-        """The newest episode of a client conversation (open or closed), or None."""
+    def conversation_episode(self, tenant: str, conversation_id: str, end_user: str | None = None) -> Episode | None:
+        """The newest episode of a client conversation (open or closed) of `end_user`, or None."""
         row = next(self.db.query(
-            "SELECT * FROM episodes WHERE tenant = ? AND conversation_id = ? ORDER BY id DESC LIMIT 1",
-            [tenant, conversation_id]), None)
+            "SELECT * FROM episodes WHERE tenant = ? AND conversation_id = ? AND end_user IS ?"
+            " ORDER BY id DESC LIMIT 1", [tenant, conversation_id, end_user]), None)
         return _episode(row) if row is not None else None
 
     def close_episode(self, episode_id: int) -> Episode:
@@ -543,15 +591,17 @@ class MemoryStore:
             sql += " AND summary_memory_id IS " + ("NOT NULL" if summarised else "NULL")
         return [_episode(r) for r in self.db.query(sql + " ORDER BY id", params)]
 
-    def summarise_episode(self, episode_id: int, text: str) -> Memory:
-        """Store an `episode_summary` memory for the episode; a new summary supersedes the old."""
+    def summarise_episode(self, episode_id: int, text: str, *, scoped: bool = True) -> Memory:
+        """Store an `episode_summary` memory for the episode; a new summary supersedes the old.
+        `scoped`: the summary belongs to the episode's end user (if it has one), not the tenant."""
         with self.transaction():
             ep = self.episode(episode_id)
             old = self.get(ep.summary_memory_id) if ep.summary_memory_id else None
             if old is not None and old.valid:
                 m = self.supersede(old.id, text, source=f"episode:{episode_id}")
             else:
-                m = self.add(ep.tenant, "episode_summary", text, source=f"episode:{episode_id}")
+                m = self.add(ep.tenant, "episode_summary", text, source=f"episode:{episode_id}",
+                             end_user=ep.end_user if scoped else None)
             self.db.execute(
                 "UPDATE episodes SET summary_memory_id = ?, summary_error = NULL WHERE id = ?",
                 [m.id, episode_id],
@@ -707,6 +757,7 @@ class MemoryStore:
             "SELECT id, kind, text, valid_from FROM memories"
             " WHERE tenant = ? AND status IN (SELECT value FROM json_each(?))"
             " AND kind IN (SELECT value FROM json_each(?)) AND valid_to IS NULL"
+            " AND admission = 'admitted' AND end_user IS NULL"
             " ORDER BY valid_from DESC, id DESC",
             [tenant, json.dumps(statuses), json.dumps(kinds)],
         ).fetchall()
@@ -715,6 +766,15 @@ class MemoryStore:
             [_compose.Item(*r) for r in rows if r[0] not in skip], kinds=kinds, budget_tokens=budget_tokens,
             count_tokens=count_tokens,
         )
+
+
+def _scope_sql(users: str | bool, prefix: str = "") -> tuple[str, list]:
+    """The SQL (and its arguments) that keeps the memories `users` may see (see `memories`)."""
+    if users is True:
+        return "", []
+    if users is False or users is None:
+        return f" AND {prefix}end_user IS NULL", []
+    return f" AND ({prefix}end_user IS NULL OR {prefix}end_user = ?)", [check_user(users)]
 
 
 def _as_list(value: str | Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
@@ -744,6 +804,7 @@ def _memory(r: dict) -> Memory:
         valid_to=r["valid_to"], superseded_by=r["superseded_by"], content_hash=r["content_hash"],
         status=r["status"], meta=json.loads(r["meta"]) if r["meta"] else {},
         adapter_versions=tuple(json.loads(r["adapter_versions"] or "[]")),
+        end_user=r["end_user"], admission=r["admission"], admission_reason=r["admission_reason"],
     )
 
 
@@ -753,7 +814,7 @@ def _episode(r: dict) -> Episode:
         status=r["status"], summary_memory_id=r["summary_memory_id"], started_at=r["started_at"],
         updated_at=r["updated_at"], closed_at=r["closed_at"], conversation_id=r["conversation_id"],
         conversation_start=r["conversation_start"], summary_tries=r["summary_tries"],
-        summary_error=r["summary_error"],
+        summary_error=r["summary_error"], end_user=r["end_user"],
     )
 
 

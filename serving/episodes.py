@@ -41,12 +41,14 @@ def episodes_path(home: Path) -> Path:
     return Path(home) / "serving" / EPISODES_FILE
 
 
-def conversation_id(tenant: str, header: str | None, messages: list[dict]) -> str:
-    """The client's conversation id, else one derived from the tenant and the first user message."""
+def conversation_id(tenant: str, header: str | None, messages: list[dict], user: str | None = None) -> str:
+    """The client's conversation id, else one derived from the tenant, the end user and the first
+    user message (two users who open with the same words are two conversations)."""
     if header and len(header) <= MAX_CONVERSATION_ID:
         return header
     first = next((message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"), "")
-    return "auto-" + hashlib.sha256(f"{tenant}\n{first}".encode()).hexdigest()[:16]
+    salt = f"{tenant}\n{first}" if user is None else f"{tenant}\n{user}\n{first}"
+    return "auto-" + hashlib.sha256(salt.encode()).hexdigest()[:16]
 
 
 def message_text(message: dict) -> str:
@@ -132,10 +134,11 @@ def _digest(m: dict) -> bytes:
     return hashlib.blake2b(f"{m['role']}\0{m['content']}".encode(), digest_size=8).digest()
 
 
-def append_episode(home: Path, tenant: str, conv: str, start: int, messages: list[dict], version: str) -> dict:
-    """Queue a conversation's messages from index `start` on; returns the record."""
+def append_episode(home: Path, tenant: str, conv: str, start: int, messages: list[dict], version: str,
+                   user: str | None = None) -> dict:
+    """Queue a conversation's messages from index `start` on (of end user `user`); returns the record."""
     record = {"id": uuid.uuid4().hex, "tenant": tenant, "conversation_id": conv, "from": start,
-              "at": time.time(), "version": version, "messages": messages}
+              "at": time.time(), "version": version, "messages": messages, "user": user}
     append_line(episodes_path(home), record)
     return record
 

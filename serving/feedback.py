@@ -22,10 +22,10 @@ def feedback_path(home: Path) -> Path:
 
 
 def check_feedback(body: object) -> dict:
-    """The fields of a feedback request, checked: {"comment", "rating", "conversation_id"}."""
+    """The fields of a feedback request, checked: {"comment", "rating", "conversation_id", "user"}."""
     if not isinstance(body, dict):
         raise BadRequest("feedback must be a JSON object")
-    unknown = sorted(set(body) - {"comment", "rating", "conversation_id"})
+    unknown = sorted(set(body) - {"comment", "rating", "conversation_id", "user"})
     if unknown:
         raise BadRequest(f"unsupported field {unknown[0]!r} in feedback")
     comment, rating, conv = body.get("comment"), body.get("rating"), body.get("conversation_id")

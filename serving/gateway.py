@@ -59,7 +59,7 @@ from .episodes import (
     stream_answer,
 )
 from .feedback import append_feedback, check_feedback
-from .hot import NO_HOT, HotPrompt, HotSource, request_messages, served_headers, with_hot_prompt
+from .hot import NO_HOT, HotPrompt, HotSource, end_user, request_messages, served_headers, with_hot_prompt
 from .limits import TenantMeter, check_body
 from .metrics import Metrics
 from .registry import Registry, Version, served
@@ -397,6 +397,7 @@ class Gateway:
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         check_body(body, path, self.cfg.limits, self.cfg.max_model_len)
+        user = end_user(request.headers, body)
         if body.get("seed") is not None and not self.cfg.allow_request_seed:
             raise BadRequest("per-request 'seed' is not supported by this engine; it uses a global seed")
         if not self.ready:
@@ -407,8 +408,8 @@ class Gateway:
             # resolved after the wait: the version is the one served now, and it is counted in
             # flight before the next await, so the retire step can never unload it mid-request
             name = self.resolve(tenant, body.get("model"))
-            turn = self._episode_turn(request, tenant, path, body)
-            hot = await self._hot_prompt(tenant, name, request_messages(body, path))
+            turn = self._episode_turn(request, tenant, path, body, user)
+            hot = await self._hot_prompt(tenant, name, request_messages(body, path), user)
             body = with_hot_prompt(body, path, hot.text)
         except BaseException:
             self.meter.done(tenant)
@@ -478,14 +479,14 @@ class Gateway:
         return _Relay(relay(), release, media_type=resp.headers.get("content-type", "text/event-stream"),
                       headers=labels)
 
-    async def _hot_prompt(self, tenant: str, name: str, messages: list) -> HotPrompt:
+    async def _hot_prompt(self, tenant: str, name: str, messages: list, user: str | None = None) -> HotPrompt:
         """The source's hot prompt for this request (NO_HOT without a source). A source that
         fails fails the request (503): an answer without the memories it lacks would be wrong."""
         if self.hot_source is None:
             return NO_HOT
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._hot_pool, self.hot_source, tenant, name, messages)
+            return await loop.run_in_executor(self._hot_pool, self.hot_source, tenant, name, messages, user)
         except Exception as e:
             log.exception("tenant %s: the hot prompt could not be built", tenant)
             raise EngineUnavailable(f"this tenant's memories cannot be read now ({type(e).__name__}); retry",
@@ -493,14 +494,15 @@ class Gateway:
 
     # -- episodes (episodes.py) ----------------------------------------------------------------
 
-    def _episode_turn(self, request: Request, tenant: str, path: str, body: dict) -> dict | None:
+    def _episode_turn(self, request: Request, tenant: str, path: str, body: dict,
+                      user: str | None = None) -> dict | None:
         """What to record of this request once it is answered (None: a completion, not a chat,
         or the tenant's recording is off). The work is left to `_record`, off the request path."""
         settings = self._tenants.get(tenant)
         if not path.endswith("/chat/completions") or (settings is not None and not settings.record_episodes):
             return None
         return {"tenant": tenant, "header": request.headers.get(CONVERSATION_HEADER),
-                "messages": body.get("messages"), "at": time.time()}
+                "messages": body.get("messages"), "at": time.time(), "user": user}
 
     async def _record(self, turn: dict, answer: str | None, version: str) -> None:
         """Queue the turn's new messages; the write runs in a task of its own (the answer has gone
@@ -511,32 +513,35 @@ class Gateway:
         tenant = turn["tenant"]
         try:
             messages = caller_messages(turn["messages"], turn["at"])
-            conv = conversation_id(tenant, turn["header"], messages)
+            conv = conversation_id(tenant, turn["header"], messages, turn["user"])
             messages.append({"role": "assistant", "content": answer, "at": time.time(), "version": version})
-            start, digests = self.transcripts.new(tenant, conv, messages)
-            previous = self.transcripts.commit(tenant, conv, digests)
+            key = conv if turn["user"] is None else f"{conv}\n{turn['user']}"  # one user's conversation
+            start, digests = self.transcripts.new(tenant, key, messages)
+            previous = self.transcripts.commit(tenant, key, digests)
         except Exception:  # never the caller's problem
             log.exception("tenant %s: a conversation turn was not recorded", tenant)
             return
         task = asyncio.create_task(self._write_episode(tenant, conv, start, messages[start:], version,
-                                                       undo=(digests, previous), after=self._last_write))
+                                                       undo=(digests, previous), after=self._last_write,
+                                                       user=turn["user"]))
         self._last_write = task
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
     async def _write_episode(self, tenant: str, conv: str, start: int, messages: list[dict], version: str,
-                             undo: tuple, after: asyncio.Task | None) -> None:
+                             undo: tuple, after: asyncio.Task | None, user: str | None = None) -> None:
         if after is not None:  # the previous turn's line first: the runtime reads "from" in order
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(after)
         try:
-            await asyncio.to_thread(append_episode, self.home, tenant, conv, start, messages, version)
+            await asyncio.to_thread(append_episode, self.home, tenant, conv, start, messages, version, user)
             return
         except OSError as e:
             log.warning("tenant %s: a conversation turn was not recorded: %s", tenant, e)
         except Exception:
             log.exception("tenant %s: a conversation turn was not recorded", tenant)
-        self.transcripts.undo(tenant, conv, *undo)  # the next turn queues these messages again
+        key = conv if user is None else f"{conv}\n{user}"
+        self.transcripts.undo(tenant, key, *undo)  # the next turn queues these messages again
 
     def _done(self, name: str, tenant: str, usage: dict | None = None) -> None:
         self.meter.done(tenant, usage)
@@ -645,7 +650,8 @@ def create_app(gateway: Gateway, routers: tuple = ()) -> FastAPI:
             body = await request.json()
         except ValueError as e:
             raise BadRequest(f"request body is not valid JSON: {e}") from e
-        record = await asyncio.to_thread(append_feedback, gateway.home, tenant, check_feedback(body))
+        fields = check_feedback(body) | {"user": end_user(request.headers, body)}
+        record = await asyncio.to_thread(append_feedback, gateway.home, tenant, fields)
         return {"id": record["id"], "object": "feedback", "status": "received"}
 
     @app.get("/metrics")

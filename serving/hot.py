@@ -34,7 +34,22 @@ class HotPrompt(NamedTuple):
 
 
 NO_HOT = HotPrompt("", 0)
-HotSource = Callable[[str, str, list], HotPrompt]
+# (tenant, served version, the request's messages, its end user or None) -> the hot prompt
+HotSource = Callable[[str, str, list, "str | None"], HotPrompt]
+USER_HEADER = "X-Bakehouse-User"  # the end user, where the OpenAI `user` field cannot be set
+MAX_USER_CHARS = 200
+
+
+def end_user(headers, body: dict) -> str | None:
+    """The end user a request speaks for: the `X-Bakehouse-User` header, else the OpenAI `user`
+    field; None when neither names one. Their episodes and feedback are scoped to them, and their
+    own memories join the tenant's in their hot prompt."""
+    user = headers.get(USER_HEADER) or body.get("user")
+    if user is None:
+        return None
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS:
+        raise BadRequest(f"'user' must be a non-blank string of at most {MAX_USER_CHARS} characters")
+    return user
 
 
 def request_messages(body: dict, path: str) -> list:

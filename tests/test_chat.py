@@ -140,6 +140,9 @@ def test_invoke_sends_the_conversation_and_reads_what_served_it(fake):
     assert {b["model"] for b in fake.bodies()} == {"alice"}
     _chat(fake, conversation_id=None).invoke("x")
     assert CONVERSATION_HEADER.lower() not in fake.requests[-1].headers
+    assert "x-bakehouse-user" not in fake.requests[-1].headers  # no end user named
+    _chat(fake, end_user="u-42").invoke("x")
+    assert fake.requests[-1].headers["x-bakehouse-user"] == "u-42"
 
 
 def test_an_unknown_hot_cost_and_a_plain_openai_server():

@@ -32,7 +32,7 @@ def test_sections_in_fixed_order_newest_first(store):
         "Persona:\n- You are Ada,\n  the ship's cook.\n\n"
         "Instructions from the user:\n- Answer in French.\n\n"
         "Facts:\n- Alice's cat is called Tofu.\n\n"
-        "Dated news:\n- 2026-11-05: New news.\n- 2026-11-01: Old news.\n\n"
+        'Quoted from news feeds:\n- 2026-11-05: "New news."\n- 2026-11-01: "Old news."\n\n'
         f"What happened in past conversations:\n- {day}: We talked about tea."
     )
     assert p.tokens == approx_tokens(p.text) and p.left_out == ()
@@ -126,5 +126,5 @@ def test_render_is_pure():
              Item(1, "headline", "A", "2026-11-01T00:00:00.000Z"),
              Item(3, "fact", "F", "2026-11-03T00:00:00.000Z")]
     p = render(items, kinds=["headline"], budget_tokens=100)
-    assert p.text == "Dated news:\n- 2026-11-02: B\n- 2026-11-01: A"
+    assert p.text == 'Quoted from news feeds:\n- 2026-11-02: "B"\n- 2026-11-01: "A"'
     assert p.memory_ids == (2, 1) and p.left_out == ()

@@ -76,7 +76,7 @@ def gw(home, tiny_model_dir):
     bodies: list = []
     gateway = Gateway(ServeConfig(model_dir=tiny_model_dir, poll_interval=0.05), home, engine=FakeEngine(),
                       transport=httpx.ASGITransport(app=fake_vllm(bodies)),
-                      hot_source=lambda tenant, served, messages: HotPrompt("HOT MEMORIES", 3))
+                      hot_source=lambda tenant, served, messages, user: HotPrompt("HOT MEMORIES", 3))
     with TestClient(create_app(gateway)) as client:
         _wait(lambda: gateway.ready)
         yield client, gateway, keys, bodies
@@ -127,10 +127,10 @@ def test_turns_are_queued_in_order_when_an_earlier_write_is_slow(gw, home, monke
     """The runtime reads `from` in queue order: a later turn written first would hide the earlier."""
     import serving.gateway as gateway_module
 
-    def slow_first(home_, tenant, conv, start, messages, version):
+    def slow_first(home_, tenant, conv, start, messages, version, user=None):
         if start == 0:
             time.sleep(0.5)
-        return append_episode(home_, tenant, conv, start, messages, version)
+        return append_episode(home_, tenant, conv, start, messages, version, user)
 
     monkeypatch.setattr(gateway_module, "append_episode", slow_first)
     client, _, keys, _ = gw
@@ -199,14 +199,18 @@ def test_an_unwritable_queue_never_fails_the_request_and_the_turn_is_queued_late
 
 @pytest.fixture
 def store(home):
+    """alice learns from her conversations for the whole tenant (policy learn_episodes=tenant:
+    what these tests grade is the summary; scoping is tested in test_trust.py)."""
     s = MemoryStore.in_home(home, actor="test")
+    s.trust.set_policy("alice", learn_episodes="tenant")
     yield s
     s.close()
 
 
-def _turn(home, conv, start, *texts, tenant="alice"):
+def _turn(home, conv, start, *texts, tenant="alice", user=None):
     roles = ["user", "assistant"] * len(texts)
-    append_episode(home, tenant, conv, start, [{"role": r, "content": t} for r, t in zip(roles, texts)], "base")
+    append_episode(home, tenant, conv, start, [{"role": r, "content": t} for r, t in zip(roles, texts)], "base",
+                   user)
 
 
 def test_the_reader_keeps_one_episode_per_conversation_without_duplicates(home, store):
@@ -479,12 +483,13 @@ def test_the_runtime_records_closes_and_summarises_into_the_hot_tier(home, tiny_
 
     rt = Runtime(RuntimeConfig(home=home, model_dir=tiny_model_dir, episode_idle=0.001), engine=FakeEngine())
     try:
-        _turn(home, "c1", 0, "I'm planning a trip to Lisbon in May.", "Lisbon in May is warm and sunny.")
-        append_feedback(home, "alice", {"comment": "That was far too long.", "rating": -1, "conversation_id": "c1"})
+        _turn(home, "c1", 0, "I'm planning a trip to Lisbon in May.", "Lisbon in May is warm and sunny.", user="u1")
+        append_feedback(home, "alice", {"comment": "That was far too long.", "rating": -1, "conversation_id": "c1",
+                                        "user": "u1"})
         rt.learn_feedback()  # the engine is not up: the episode is recorded, nothing is proposed
         store = rt.learner.store
         (ep,) = store.episodes("alice")
-        assert ep.conversation_id == "c1" and store.memories("alice") == []
+        assert (ep.conversation_id, ep.end_user) == ("c1", "u1") and store.memories("alice", users=True) == []
         time.sleep(0.1)
         rt.summarise_episodes()  # closed after the idle minutes; the summary waits for the engine
         ep = store.episode(ep.id)
@@ -494,7 +499,10 @@ def test_the_runtime_records_closes_and_summarises_into_the_hot_tier(home, tiny_
         rt.summarise_episodes()
         assert store.episode(ep.id).summarised
         asked = [{"role": "user", "content": "What about my trip to Lisbon?"}]
-        assert GOOD in rt.hot.prompt("alice", "base", asked).text  # in the hot tier at once
+        # in u1's hot tier at once (the default policy scopes it to them), in no one else's
+        assert GOOD in rt.hot.prompt("alice", "base", asked, "u1").text
+        assert GOOD not in rt.hot.prompt("alice", "base", asked, "u2").text
+        assert GOOD not in rt.hot.prompt("alice", "base", asked).text
     finally:
         if rt.learner is not None:
             rt.learner.stop()

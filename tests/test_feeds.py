@@ -116,14 +116,14 @@ def test_rss2_dates_html_and_non_ascii(store, write):
     assert port.text == ("Port authority of Velmora names Ines Tarrago as its first harbor commissioner."
                          " — The commissioner takes office & starts Monday.")
     assert port.published_at == "2026-11-02T08:30:00.000Z"  # +01:00 -> UTC
-    assert port.meta["link"] == "https://news.example/1" and port.source == feed.source
+    assert port.meta["link"] == "https://news.example/1" and port.source == f"feed:{feed.source}"
     cafe = by_title["Café Zürich wins the 東京 prize 🎉"]
     assert cafe.text.endswith("Crème brûlée & naïve art for everyone.")
     assert cafe.meta["guid"] == "item-2"
     untitled = [m for m in store.memories("alice") if "title" not in m.meta]
     assert [m.text for m in untitled] == ["An item with no title at all."]
     p = store.compose("alice")
-    assert "- 2026-11-03: Café Zürich wins the 東京 prize 🎉" in p.text
+    assert "- 2026-11-03: \"Café Zürich wins the 東京 prize 🎉" in p.text
     assert "<" not in p.text and "alert" not in p.text
 
 
@@ -159,7 +159,7 @@ def test_headline_fixture_as_a_feed(store, write, headlines):
     assert r.new == len(headlines)
     p = store.compose("default", budget_tokens=10_000)
     for h in headlines:
-        assert f"- {h['date']}: {h['headline']}" in p.text
+        assert f"- {h['date']}: \"{h['headline']}\"" in p.text
 
 
 # -- de-duplication across polls and feeds ------------------------------------------------------

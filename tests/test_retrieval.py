@@ -43,7 +43,7 @@ def test_the_prompt_stays_short_however_many_memories_there_are(store, news):
     whole = store.compose("alice", budget_tokens=10_000)
     p = retrieve(store, "alice", ask(rows[0]["questions"][0]["q"]), top_k=3)
     assert 1 <= len(p.memory_ids) <= 3 and p.tokens < whole.tokens / 4
-    assert p.text.startswith("Dated news:\n- 2026-")
+    assert p.text.startswith('Quoted from news feeds:\n- 2026-')
 
 
 def test_persona_and_instructions_come_first_then_what_the_request_is_about(store, news):

@@ -1,6 +1,6 @@
 """`bakehouse run` end to end on the real SmolLM2 and a real vLLM engine: a feed file's headline is
 answerable from the hot tier at once, baked in idle time, verified, served from the weights (the
-prompt shrinks); `kill -9` mid-bake leaves no process and loses nothing, and the job runs again;
+prompt shrinks), then superseded by an update without locking the tenant out; `kill -9` mid-bake leaves no process and loses nothing, and the job runs again;
 SIGTERM leaves no process."""
 from __future__ import annotations
 
@@ -122,6 +122,27 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
 
         rules = _wait(learned, 10, "the learned instruction in the hot prompt")
         assert [m.text for m in rules] == ["Answer in one sentence."]
+
+        # a graduated headline superseded by an update about the same subject, and an unrelated
+        # memory beside it: the tenant is rolled back (v1 holds the old headline), and the update
+        # and the unrelated memory can still graduate; the old headline is checked only for what
+        # the update changed, and no bake is rejected for it once a candidate no longer says it
+        old = min(baked_ids)
+        updates = {ids[demo["headlines"][0]["text"]]: "The town of Brackenford elects Ivo Brandt as its new mayor.",
+                   ids[demo["headlines"][1]["text"]]: "Chef Ines Varga wins this year's Golden Ladle prize for her fish stew."}
+        last_job = job["job"]
+        with MemoryStore.in_home(home) as store:
+            update = store.supersede(old, updates[old])
+            keeper = store.add("alice", "fact", "The Orla Island lighthouse keeper is Bertil Sand.")
+        _wait(lambda: s.chat("alice", q)["model"] == "base", 30, "the roll-back of alice@v1")
+        st = s.wait_for_bakes("alice", timeout=2400)
+        with MemoryStore.in_home(home) as store:
+            later = [j for j in store.jobs.list("alice") if j.id > last_job and j.kind == "bake"]
+            assert later and not [j for j in later if "still recalled" in (j.reason or "")], [j.reason for j in later]
+            assert {store.get(update.id).status, store.get(keeper.id).status} & {"baked"}, [j.reason for j in later]
+            gone = [c for j in later for c in store.jobs.checks(old) if c.job_id == j.id and c.purpose == "forgotten"]
+            assert gone and gone[-1].passed  # asked who is the mayor / who won now, it does not answer the old name
+        assert st["tenants"]["alice"]["version"].startswith("alice@v")
     finally:
         assert s.stop() == 0
     assert _alive(_groups(home).values()) == []

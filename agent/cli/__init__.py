@@ -55,3 +55,4 @@ from . import bake as _bake  # noqa: E402,F401  (registers commands)
 from . import serve as _serve  # noqa: E402,F401
 from . import memory as _memory  # noqa: E402,F401
 from . import run as _run  # noqa: E402,F401
+from . import trust as _trust  # noqa: E402,F401

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from memory import DEFAULT_TENANT, KINDS, STATUSES, MemoryStore, MemoryStoreError
+from memory import ADMISSIONS, DEFAULT_TENANT, KINDS, STATUSES, MemoryStore, MemoryStoreError
 from memory import feeds as feedlib
 
 from . import cli, domain_errors, home_option
@@ -63,21 +63,25 @@ def remember(text, tenant, kind, source, supersedes, home):
 @click.option("--status", "-s", type=click.Choice(STATUSES + ("all",)),
               help="Only this status. Default: pending and baked.")
 @click.option("--kind", "-k", type=click.Choice(KINDS), multiple=True, help="Only these kinds.")
+@click.option("--admission", "-a", type=click.Choice(ADMISSIONS), multiple=True,
+              help="Only these admissions (proposed, quarantined: held out of prompts and bakes). Default: all.")
+@click.option("--user", "-u", help="Only the tenant's own memories and this end user's. Default: everyone's.")
 @click.option("--limit", type=int, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Full records as JSON.")
 @home_option
 @domain_errors(MemoryStoreError)
-def memories(tenant, status, kind, limit, as_json, home):
-    """List a tenant's memories, newest first (superseded ones are marked).
+def memories(tenant, status, kind, admission, user, limit, as_json, home):
+    """List a tenant's memories, newest first (superseded, held back and end users' ones are marked).
 
     Example usage:
 
         bakehouse memories
         bakehouse memories --tenant alice --status forgotten --json
+        bakehouse memories --tenant shop --admission quarantined
     """
     with _store(home) as store:
         rows = store.memories(tenant, status=STATUSES if status == "all" else status,
-                              kind=kind or None, limit=limit)
+                              kind=kind or None, limit=limit, admission=admission or None, users=user or True)
         checks = {m.id: store.jobs.checks(m.id) for m in rows} if as_json else {}
     if as_json:  # with each verification of the memory: which bake, which questions, pass/fail
         click.echo(json.dumps(
@@ -92,26 +96,43 @@ def memories(tenant, status, kind, limit, as_json, home):
     click.echo(f"{'id':>6}  {'kind':<15} {'status':<17} {'date':<10}  text")
     for m in rows:
         state = f"superseded>#{m.superseded_by}" if m.valid_to and m.status != "forgotten" else m.status
-        click.echo(f"{m.id:>6}  {m.kind:<15} {state:<17} {m.valid_from[:10]:<10}  {_short(m.text)}")
+        state = state if m.admitted else m.admission
+        scope = f" [user {m.end_user}]" if m.end_user else ""
+        why = f"  ({m.admission_reason})" if not m.admitted and m.admission_reason else ""
+        click.echo(f"{m.id:>6}  {m.kind:<15} {state:<17} {m.valid_from[:10]:<10}  {_short(m.text)}{scope}{why}")
 
 
 @cli.command()
-@click.argument("memory_id", type=int, metavar="ID")
+@click.argument("memory_id", type=int, metavar="ID", required=False)
+@click.option("--user", "-u", help="Forget an end user instead: their memories and conversations, erased.")
+@click.option("--tenant", "-t", default=DEFAULT_TENANT, show_default=True, help="The end user's tenant (with --user).")
 @click.option("--reason", "-r", help="Kept in the audit log.")
 @home_option
 @domain_errors(MemoryStoreError)
-def forget(memory_id, reason, home):
-    """Forget a memory: it leaves every later prompt; adapters holding it are flagged for a rebake.
+def forget(memory_id, user, tenant, reason, home):
+    """Forget a memory, or everything of one end user: it leaves every later prompt; adapters
+    holding it are flagged for a rebake (the runtime rolls them back at once).
 
+    \b
     Example usage:
-
         bakehouse forget 12 --reason "user asked"
+        bakehouse forget --tenant shop --user u-42
     """
+    if (memory_id is None) == (user is None):
+        raise click.UsageError("name a memory ID or an end user (--user), one of them")
     with _store(home) as store:
-        versions = store.forget(memory_id, reason=reason)
-    click.echo(f"Forgot #{memory_id}")
+        if user is not None:
+            r = store.trust.forget_user(tenant, user)
+            click.echo(f"Forgot end user {user!r} of {tenant!r}: {len(r.memories)} memories and "
+                       f"{len(r.episodes)} conversations erased")
+            versions = list(r.held_by)
+            if not versions:
+                click.echo("No published version holds any of them.")
+        else:
+            versions = store.forget(memory_id, reason=reason)
+            click.echo(f"Forgot #{memory_id}")
     if versions:
-        click.echo(f"Adapter versions holding it, now needing a rebake: {', '.join(versions)}")
+        click.echo(f"Adapter versions holding them, now needing a rebake: {', '.join(versions)}")
 
 
 @cli.command()
@@ -165,9 +186,11 @@ def feedback(comment, tenant, rating, conversation_id, home):
     from ..runtime.feedback import learn
 
     with _store(home) as store:
-        m = learn(store, tenant, comment, rating, conversation_id)
+        m = learn(store, tenant, comment, rating, conversation_id, operator=True)
     if m is None:
         click.echo("No rule in that comment: nothing learned (a rule reads like 'Always answer in French').")
+    elif not m.admitted:
+        click.echo(f"Instruction #{m.id} {m.admission}: {m.admission_reason}")
     elif m.created:
         click.echo(f"Learned instruction #{m.id} for tenant {m.tenant!r}: {m.text}")
     else:

@@ -182,5 +182,9 @@ def status(as_json, home):
         click.echo(f"{name}: {t['hot_memories']} hot{tokens}, {t['baked_memories']} baked, serving "
                    f"{t['version']} ({t['layers']} layers, rank {t['rank']}); last bake: {last}; "
                    f"jobs: {jobs}")
+        held = t.get("held_back") or {}
+        if any(held.values()):
+            click.echo(f"  held back: {held['proposed']} proposed instructions (bakehouse instructions list), "
+                       f"{held['quarantined']} quarantined")
         if t.get("stuck"):
             click.echo(f"  STUCK: the last {len(t['stuck']['jobs'])} bakes were rejected: {t['stuck']['detail']}")

@@ -4,8 +4,11 @@
    reads what is new into the store: one open episode per client conversation, only the
    messages it does not hold yet (by their index in the conversation).
 2. `close_idle`: an episode closes after `episode_idle` minutes without a message.
-3. `summarise_closed`: each closed, unsummarised episode becomes an `episode_summary` memory (hot
-   at once, baked like any memory) of what the USER said, never of what the model answered: the
+3. `summarise_closed`: each closed, unsummarised episode becomes an `episode_summary` memory of
+   what the USER said, as the tenant's policy says (memory.trust): `user` (the default) scopes it to
+   the end user who said it (their hot tier only, never baked; no end user named, no summary),
+   `tenant` makes it the tenant's (hot at once, baked like any memory), `off` stores none. Of what
+   the USER said, never of what the model answered: the
    135M model's answers are often wrong, and summaries of whole transcripts recorded them as the
    user's ("The user mentioned that the 100-year-old Silver Stag is a historic landmark").
    a. `user_statements`: the sentences of the user's turns that state something (not questions,
@@ -72,7 +75,8 @@ def record_turn(store: MemoryStore, record: dict) -> Episode | None:
     tenant, conv, start = record["tenant"], record["conversation_id"], int(record.get("from", 0))
     messages = [{k: v for k, v in m.items() if k in ("role", "content", "at", "version")}
                 for m in record["messages"]]
-    ep = store.conversation_episode(tenant, conv)
+    user = record.get("user")
+    ep = store.conversation_episode(tenant, conv, user)
     held = ep.conversation_start + len(ep.messages) if ep is not None else 0
     new = messages[max(0, held - start):]
     if not new:
@@ -80,7 +84,7 @@ def record_turn(store: MemoryStore, record: dict) -> Episode | None:
     if ep is not None and ep.status == "open":
         return store.record_episode(tenant, new, episode_id=ep.id)
     return store.record_episode(tenant, new, source="gateway", conversation_id=conv,
-                                conversation_start=max(start, held))
+                                conversation_start=max(start, held), end_user=user)
 
 
 class EpisodeReader:
@@ -148,6 +152,10 @@ _REMEMBER_AFTER = re.compile(r"[,;]\s*(?:and\s+|so\s+)?(?:please\s+)?(?:remember
                              r"(?:do not|don't) forget)\b[^,;]*$", re.I)  # "X, please remember it."
 _COPULA = re.compile(r"\b(?:is|are|am|was|were)\b|\w'(?:s|m|re)\b|\d", re.I)
 NOTHING_SAID = "nothing to remember: the user stated nothing"
+NOT_LEARNED = "not learned: the tenant's policy is learn_episodes=off"
+NO_USER = ("not learned: no end user named (the request's `user` field), and the tenant's policy keeps "
+           "each user's conversations to that user (learn_episodes=user)")
+SETTLED = (NOTHING_SAID, NOT_LEARNED, NO_USER)  # recorded reasons, not failures: never tried again
 
 
 def user_statements(messages: list[dict]) -> list[str]:
@@ -377,10 +385,12 @@ def summarise(store: MemoryStore, ep: Episode, complete: Complete) -> Memory | N
     stated nothing (recorded as NOTHING_SAID: not asked again) or the model failed (the reason
     recorded; a later tick tries again). Raises ModelUnavailable when the engine cannot be asked
     now (no try is counted)."""
-    said = _statements(ep.messages)
-    if not said:
-        store.fail_summary(ep.id, NOTHING_SAID)
-        log.info("episode %d (%s): no summary, %s", ep.id, ep.tenant, NOTHING_SAID)
+    said, policy = _statements(ep.messages), store.trust.policy(ep.tenant)
+    why_not = (NOT_LEARNED if policy.learn_episodes == "off" else NOTHING_SAID if not said
+               else NO_USER if policy.learn_episodes == "user" and ep.end_user is None else None)
+    if why_not:
+        store.fail_summary(ep.id, why_not)
+        log.info("episode %d (%s): no summary, %s", ep.id, ep.tenant, why_not)
         return None
     # what the user asked to be remembered first: it is what a length cap must keep
     statements = [s for s, remember in said if remember] + [s for s, remember in said if not remember]
@@ -400,8 +410,9 @@ def summarise(store: MemoryStore, ep: Episode, complete: Complete) -> Memory | N
         summary = extractive_summary(statements)
         log.warning("episode %d (%s): dropped the model's summary (%s): %r; stored the user's words",
                     ep.id, ep.tenant, why, " ".join((answer or "").split())[:200])
-    m = store.summarise_episode(ep.id, summary)
-    log.info("episode %d (%s) summarised as #%d: %s", ep.id, ep.tenant, m.id, summary)
+    m = store.summarise_episode(ep.id, summary, scoped=policy.learn_episodes == "user")
+    log.info("episode %d (%s) summarised as #%d%s: %s", ep.id, ep.tenant, m.id,
+             f" for end user {ep.end_user}" if m.end_user else "", summary)
     return m
 
 
@@ -412,7 +423,7 @@ def summarise_closed(store: MemoryStore, complete: Complete, *, max_tries: int, 
     out, asked = [], 0
     for tenant in store.tenants():
         for ep in store.episodes(tenant, status="closed", summarised=False):
-            if ep.summary_tries >= max_tries or ep.summary_error == NOTHING_SAID:
+            if ep.summary_tries >= max_tries or ep.summary_error in SETTLED:
                 continue
             asks = bool(user_statements(ep.messages))
             if asks and asked >= limit:

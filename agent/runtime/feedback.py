@@ -6,7 +6,9 @@ that rule as an `instruction` memory: hot at once, baked like any memory. A comm
 rule ("that was far too long") about a conversation the runtime recorded (agent/runtime/episodes.py)
 goes to the tenant's own model, which proposes one instruction from the conversation and the
 comment; the proposal is kept only if it passes the same checks as a stated rule and is new.
-Anything else (and a bare rating) is kept in the queue file only.
+Anything else (and a bare rating) is kept in the queue file only. Whether a rule is admitted at
+once, waits for the operator (`bakehouse instructions approve`) or is quarantined follows the
+tenant's policy and memory.screen (see `learn`).
 
 A new instruction that contradicts an older one supersedes it (`contradicts`: the same verb and
 object with the opposite polarity, "Always use emojis." / "Never use emojis."; or the same setting
@@ -19,6 +21,7 @@ import re
 from pathlib import Path
 
 from memory import Memory, MemoryStore, UnknownTenant, content_hash
+from memory.screen import screen_rule
 from serving.feedback import read_feedback
 
 from .episodes import Complete, transcript
@@ -99,38 +102,73 @@ def contradicts(new: str, old: str) -> bool:
 
 def learn(store: MemoryStore, tenant: str, comment: str | None, rating: int | None = None,
           conversation_id: str | None = None, feedback_id: str | None = None,
-          complete: Complete | None = None) -> Memory | None:
+          complete: Complete | None = None, user: str | None = None, operator: bool = False) -> Memory | None:
     """Store the instruction `comment` states for `tenant`, or, if it states none, the one the
     tenant's model proposes from the recorded conversation (`complete`; None: no proposal).
-    Returns the instruction (superseding any it contradicts), or None if nothing was learned."""
+
+    What becomes of it follows the tenant's policy (memory.trust): `review` stores a proposal the
+    operator approves, `auto` an instruction at once (scoped to `user`, the end user who gave the
+    feedback, when one is named), `off` nothing. A rule that reads as an order to leak, advertise
+    or change the persona (memory.screen) is stored quarantined whatever the policy. `operator`:
+    the operator's own feedback (`bakehouse feedback`), admitted at once for the whole tenant.
+    Returns the memory stored (an instruction superseding any it contradicts), or None."""
+    policy = store.trust.policy(tenant)
+    if not operator and policy.learn_instructions == "off":
+        log.info("feedback (%s): not learned (policy learn_instructions=off)", tenant)
+        return None
     rule, how = rule_from_comment(comment), "stated"
     if rule is None:
-        rule, how = propose_rule(store, tenant, comment, conversation_id, complete), "proposed"
+        rule, how = propose_rule(store, tenant, comment, conversation_id, complete, user), "proposed"
     if rule is None:
         return None
     meta = {k: v for k, v in {"feedback_id": feedback_id, "conversation_id": conversation_id,
                               "rating": rating, "comment": (comment or "")[:500], "rule": how}.items()
             if v is not None}
-    return add_instruction(store, tenant, rule, meta)
+    source = "cli" if operator else f"feedback:{conversation_id or feedback_id or 'none'}"
+    if operator:
+        return add_instruction(store, tenant, rule, meta, source=source)
+    verdict = screen_rule(rule)
+    if not verdict.clean:
+        log.warning("feedback (%s): rule %r quarantined: %s", tenant, rule, verdict.reason)
+        return store.add(tenant, "instruction", rule, source=source, meta=meta, end_user=user,
+                         admission="quarantined", admission_reason=verdict.reason)
+    if policy.learn_instructions == "review":
+        return store.add(tenant, "instruction", rule, source=source, meta=meta, end_user=user,
+                         admission="proposed", admission_reason="a rule from feedback, waiting for the operator")
+    return add_instruction(store, tenant, rule, meta, source=source, user=user)
 
 
-def add_instruction(store: MemoryStore, tenant: str, rule: str, meta: dict | None = None) -> Memory:
-    """Store `rule` as an instruction; it supersedes every live instruction it contradicts."""
+def add_instruction(store: MemoryStore, tenant: str, rule: str, meta: dict | None = None, *,
+                    source: str = "feedback", user: str | None = None) -> Memory:
+    """Store `rule` as an instruction (of end user `user`, or the tenant's); it supersedes every
+    live instruction of the same scope it contradicts."""
     with store.transaction():
-        old = [m for m in _instructions(store, tenant) if contradicts(rule, m.text)]
+        old = [m for m in _instructions(store, tenant, user) if contradicts(rule, m.text)]
         if not old:
-            return store.add(tenant, "instruction", rule, source="feedback", meta=meta)
-        new = store.supersede(old[0].id, rule, source="feedback", meta=meta)
+            return store.add(tenant, "instruction", rule, source=source, meta=meta, end_user=user)
+        new = store.supersede(old[0].id, rule, source=source, meta=meta)
         for m in old[1:]:  # the same new text: linked to the one new memory
-            store.supersede(m.id, rule, source="feedback", meta=meta)
+            store.supersede(m.id, rule, source=source, meta=meta)
     log.info("instruction #%d (%s) %r supersedes %s", new.id, tenant, rule,
              ", ".join(f"#{m.id} {m.text!r}" for m in old))
     return new
 
 
-def _instructions(store: MemoryStore, tenant: str) -> list[Memory]:
+def approve(store: MemoryStore, memory_id: int, *, tenant_wide: bool = True) -> Memory:
+    """The operator admits a proposed or quarantined memory; an instruction supersedes the live
+    instructions of its new scope that it contradicts, as a stated rule would."""
+    m = store.get(memory_id)
+    user = None if tenant_wide else m.end_user
+    old = [x.id for x in _instructions(store, m.tenant, user) if contradicts(m.text, x.text)] \
+        if m.kind == "instruction" else []
+    return store.trust.approve(memory_id, tenant_wide=tenant_wide, supersedes=old)
+
+
+def _instructions(store: MemoryStore, tenant: str, user: str | None = None) -> list[Memory]:
+    """The live, admitted instructions of one scope: the tenant's, or end user `user`'s."""
     try:
-        return store.memories(tenant, kind="instruction", valid_only=True)
+        return [m for m in store.memories(tenant, kind="instruction", valid_only=True, users=user or False)
+                if m.end_user == user]
     except UnknownTenant:  # its first memory creates the tenant
         return []
 
@@ -143,12 +181,12 @@ def propose_messages(conversation: str, comment: str) -> list[dict]:
 
 
 def propose_rule(store: MemoryStore, tenant: str, comment: str | None, conversation_id: str | None,
-                 complete: Complete | None) -> str | None:
+                 complete: Complete | None, user: str | None = None) -> str | None:
     """The instruction the tenant's model proposes for a comment that states none, from the
     recorded conversation; None (logged) unless it is one short imperative sentence and new."""
     if complete is None or not (comment or "").strip() or not conversation_id:
         return None
-    ep = store.conversation_episode(tenant, conversation_id)
+    ep = store.conversation_episode(tenant, conversation_id, user)
     if ep is None:
         log.info("feedback (%s) on conversation %s: no rule stated and no episode recorded", tenant, conversation_id)
         return None
@@ -184,7 +222,7 @@ class FeedbackReader:
         learned = []
         for r in records:
             m = learn(self.store, r["tenant"], r.get("comment"), r.get("rating"), r.get("conversation_id"),
-                      r.get("id"), complete=self.complete)
+                      r.get("id"), complete=self.complete, user=r.get("user"))
             if m is not None and m.created:
                 learned.append(m)
         if records:  # after the memories: a crash in between learns a rule twice, which add() dedupes

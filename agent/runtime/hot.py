@@ -69,17 +69,20 @@ class HotTier:
             self._local.store = MemoryStore.in_home(self.home, actor="runtime")
         return self._local.store
 
-    def build(self, store: MemoryStore, tenant: str, exclude, messages: list) -> Prompt:
+    def build(self, store: MemoryStore, tenant: str, exclude, messages: list, user: str | None = None) -> Prompt:
+        """`user`: the end user asking; their own memories (memory.trust) join the tenant's when
+        retrieved (the static tier holds the tenant's only)."""
         if self.tier == "static":
             return store.compose(tenant, budget_tokens=self.budget, count_tokens=self.count_tokens, exclude=exclude)
         return retrieve(store, tenant, messages, exclude=exclude, top_k=self.top_k, budget_tokens=self.budget,
-                        count_tokens=self.count_tokens)
+                        count_tokens=self.count_tokens, user=user)
 
-    def prompt(self, tenant: str, served: str, messages: list) -> HotPrompt:
-        """The gateway's hot-prompt source: what this request needs that `served` does not hold."""
+    def prompt(self, tenant: str, served: str, messages: list, user: str | None = None) -> HotPrompt:
+        """The gateway's hot-prompt source: what this request (of end user `user`) needs that
+        `served` does not hold."""
         store = self.store()
         try:
-            p = self.build(store, tenant, held(store, tenant, served), messages)
+            p = self.build(store, tenant, held(store, tenant, served), messages, user)
         except UnknownTenant:  # a key with no memories yet
             return NO_HOT
         return HotPrompt(p.text, p.tokens, p.memory_ids) if p.memory_ids else NO_HOT

@@ -66,8 +66,17 @@ def collect(home: Path) -> dict:
                 "jobs": [{"id": j.id, "kind": j.kind, "state": j.state, "memories": len(j.memory_ids)}
                          for j in jobs if j.active],
                 "stuck": stuck(finished),
+                "held_back": _held_back(store, tenant),
             }
     return out
+
+
+def _held_back(store: MemoryStore, tenant: str) -> dict:
+    """How many live memories wait out of prompts and bakes (memory.trust), by admission."""
+    rows = store.db.execute("SELECT admission, count(*) FROM memories WHERE tenant = ? AND valid_to IS NULL"
+                            " AND status != 'forgotten' AND admission IN ('proposed', 'quarantined')"
+                            " GROUP BY admission", [tenant]).fetchall()
+    return {"proposed": 0, "quarantined": 0} | dict(rows)
 
 
 STUCK_AFTER = 3  # rejected bakes in a row, for one reason, before a tenant is shown as stuck
