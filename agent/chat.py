@@ -247,9 +247,11 @@ class RememberArgs(BaseModel):
                                   "e.g. \"The user's cat is called Miso.\"")
 
 
-def remember_tool(tenant: str, home: str | os.PathLike | None = None, *, source: str = "chat") -> BaseTool:
+def remember_tool(tenant: str, home: str | os.PathLike | None = None, *, source: str = "chat",
+                  end_user: str | None = None) -> BaseTool:
     """A tool `remember(text)` that stores a fact the user told the agent as a memory of `tenant`
-    in the data home (`home`, else $BAKEHOUSE_HOME, else the user's data dir). A running
+    (of end user `end_user` only, when named: memory.trust) in the data home (`home`, else
+    $BAKEHOUSE_HOME, else the user's data dir). A running
     `bakehouse run` puts it into the tenant's hot prompt within a second; a bake later moves it
     into the weights. Bad input comes back to the agent as a "Not stored: ..." string."""
     check_tenant(tenant)
@@ -264,7 +266,7 @@ def remember_tool(tenant: str, home: str | os.PathLike | None = None, *, source:
                     "store one short fact at a time.")
         try:  # one connection per call: a tool may run in any thread
             with MemoryStore.in_home(path, actor="agent") as store:
-                m = store.add(tenant, "fact", text, source=source)
+                m = store.add(tenant, "fact", text, source=source, end_user=end_user)
         except MemoryStoreError as e:
             return f"Not stored: {e}"
         return f"Remembered (memory {m.id})." if m.created else f"Already known (memory {m.id})."

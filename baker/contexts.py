@@ -101,6 +101,12 @@ def item_text(line: str) -> str:
     return text[1:-1].strip() if len(text) > 1 and text[0] == text[-1] == '"' else text
 
 
+def is_header(line: str) -> bool:
+    """A section header of a composed prompt ("Persona:", "Quoted from news feeds:")."""
+    body = item_text(line)
+    return body.endswith(":") and len(body.split()) < 6
+
+
 SOURCES = ("generic", "probe", "self", "user", "anchor", "replay")
 
 
@@ -133,7 +139,7 @@ def focus_prompt(prompt: str, item: str) -> str:
         body = item_text(line)
         if line == item or BEHAVIOUR.match(body):
             kept.append((False, line))
-        elif body.endswith(":") and len(body.split()) < 6:  # a section header ("Dated news:")
+        elif is_header(line):
             kept.append((True, line))
     out = [line for j, (header, line) in enumerate(kept)
            if not header or (j + 1 < len(kept) and not kept[j + 1][0])]  # headers of kept lines only
@@ -217,7 +223,7 @@ def span_probes(prompt: str, forms=None) -> list[tuple[str, str | None, str | No
     out: list[tuple[str, str | None, str | None]] = [(r, None, None) for r in RECALL_REQUESTS]
     for item in prompt_items(prompt):
         words = item_text(item).split()
-        if len(words) < 4:  # headers and fragments carry too little to probe
+        if len(words) < 4 or is_header(item):  # headers and fragments carry too little to probe
             continue
         line = item_text(item)
         if "tell" in forms:

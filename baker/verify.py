@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Hashable, Iterable
 
-from .contexts import _CLOZE_TEMPLATES, _NUMBER, BEHAVIOUR, behaviour_lines, item_text, names, prompt_items
+from .contexts import _CLOZE_TEMPLATES, _NUMBER, BEHAVIOUR, behaviour_lines, is_header, item_text, names, prompt_items
 from .generate import ask_runs, check_adapter
 
 COMPLETE_TEMPLATE = "Complete this sentence: {prefix}"
@@ -201,7 +201,7 @@ def verification_probes(item_id, text: str, max_probes: int = 4) -> list[Probe]:
     nested: dict[tuple[str, str], list[str]] = {}  # a span's spans inside it ("4" of "Vashti-4")
     for item in prompt_items(text):
         words = item_text(item).split()
-        if len(words) < 4:  # probe_questions does not probe headers and fragments either
+        if len(words) < 4 or is_header(item):  # probe_questions does not probe headers and fragments either
             continue
         line = item_text(item)
         if BEHAVIOUR.match(line):

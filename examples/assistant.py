@@ -40,6 +40,7 @@ from agent.chat import BakehouseChat
 from agent.home import resolve_home
 from agent.runtime.session import RunSession
 from baker.models import resolve_model
+from memory import MemoryStore
 
 TENANT = "assistant"
 QUESTION = "Tell me about the Moon."
@@ -88,6 +89,8 @@ def main() -> dict:
         run_args += ["--bake-config", str(scratch / "bake.json"), "--graduation", "any", "--gate-general", "0.8"]
     s = RunSession(scratch, model, args=tuple(run_args), log_name="run.log")
     key = s.add_tenant(TENANT)
+    with MemoryStore.in_home(scratch) as store:  # one user's own assistant: feedback is learned at once
+        store.trust.set_policy(TENANT, "assistant")
     print(f"starting bakehouse run on {model.name} (logs: {scratch / 'runtime' / 'logs'}) ...")
     s.start()
     rows, result = [], {}

@@ -8,6 +8,7 @@ Every memory has a source and an admission (migration m010):
     feedback:<conversation>     user       the tenant's policy: review (a proposal the operator
                                            approves), auto (at once), off (not learned)
     episode:<id>                user       at once, scoped to its end user unless the policy says tenant
+    chat                        user       at once (agent.chat.remember_tool: what a user told the agent)
 
 A memory scoped to an end user (`end_user`) reaches that user's hot tier only and is never baked
 into the tenant's shared layers. Proposed, quarantined and rejected memories reach neither prompts
@@ -60,7 +61,7 @@ def trust_of(source: str | None) -> str:
     head = (source or "").split(":", 1)[0]
     if head == "feed":
         return "feed"
-    if head in ("feedback", "episode"):
+    if head in ("feedback", "episode", "chat"):
         return "user"
     return "operator"
 

@@ -102,6 +102,7 @@ def rt(home, tiny_model_dir, alice_adapter):
     with MemoryStore.in_home(home, actor="test") as store:
         for t, (persona, fact) in PERSONAS.items():
             memories[t] = (store.add(t, "persona", persona).id, store.add(t, "fact", fact).id)
+            store.trust.set_policy(t, "assistant")  # rules and summaries learned at once, tenant-wide
         v = Registry(home).publish("alice", alice_adapter, tiny_model_dir, 32)
         store.record_bake("alice", v.name, memory_ids=[memories["alice"][0]], prompt_hash="", layer=0)
     bodies: list = []

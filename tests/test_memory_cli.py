@@ -94,7 +94,7 @@ def test_feeds_add_poll_list(run, tmp_path):
     assert lines[1].split()[:3] == ["1", "alice", "2"] and lines[1].endswith(str(path))
     (listed,) = json.loads(run("feeds", "list", "--json").output)
     assert (listed["id"], listed["entries"], listed["title"], listed["last_error"]) == (1, 2, "Gazette", None)
-    assert "- 2026-11-04: Rail strike in Dunmarrow ends after 19 days." in run("compose", "-t", "alice").stdout
+    assert "- 2026-11-04: \"Rail strike in Dunmarrow ends after 19 days.\"" in run("compose", "-t", "alice").stdout
 
     path.write_text("<html>not a feed</html>")
     r = run("feeds", "poll", ok=False)

@@ -74,6 +74,7 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
         plain = s.chat("alice", q)
         assert plain["model"] == "base"
         with MemoryStore.in_home(home) as store:
+            store.trust.set_policy("alice", "assistant")  # one user's assistant: feedback learned at once
             rss = _rss(tmp_path / "news.xml", [(h["date"], h["text"]) for h in demo["headlines"]])
             feeds.add_feed(store, str(rss), tenant="alice")
             assert feeds.poll(store)[0].new == 2

@@ -271,7 +271,7 @@ class _Source:
     def __init__(self, prompts):
         self.prompts, self.asked = prompts, []
 
-    def __call__(self, tenant, served, messages):
+    def __call__(self, tenant, served, messages, user=None):
         from serving.hot import NO_HOT
 
         self.asked.append((tenant, served, messages))

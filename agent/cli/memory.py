@@ -132,7 +132,7 @@ def forget(memory_id, user, tenant, reason, home):
             versions = store.forget(memory_id, reason=reason)
             click.echo(f"Forgot #{memory_id}")
     if versions:
-        click.echo(f"Adapter versions holding them, now needing a rebake: {', '.join(versions)}")
+        click.echo(f"Adapter versions holding {'them' if user else 'it'}, now needing a rebake: {', '.join(versions)}")
 
 
 @cli.command()
