@@ -6,7 +6,9 @@ Arms:
 - `static`: all 20 as the runtime's static tier lays them out (`--hot-tier static`);
 - `retrieved k=N`: the runtime's retrieval tier (`--hot-tier retrieval --hot-top-k N`): per
   question, the headlines FTS5 bm25 ranks first for it (memory.retrieval);
-- `focused`: each question with only its own headline (the ceiling to aim at).
+- `focused`: each question with only its own headline (the ceiling to aim at);
+- with `--unquoted`, `retrieved k=N unquoted`: the same retrieval laid out as before feed items
+  were quoted as data ("Dated news:", no quotes), the A/B of that layout.
 
 Per arm: right answers of 80, prompt tokens per question (the system prompt, in the model's
 tokens), and for the retrieval arms the hit rate (the question's own headline among those
@@ -17,6 +19,7 @@ retrieved). Target: the retrieved tier answers at least what the whole prompt an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -30,12 +33,26 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bake import DATA, MORE, headlines_prompt, questions_of  # noqa: E402
 
 
+@contextlib.contextmanager
+def unquoted():
+    """memory.compose's layout before feed items were quoted as data."""
+    from memory import compose
+
+    header, quoted = compose.SECTIONS["headline"], compose.QUOTED
+    compose.SECTIONS["headline"], compose.QUOTED = "Dated news", set()
+    try:
+        yield
+    finally:
+        compose.SECTIONS["headline"], compose.QUOTED = header, quoted
+
+
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", default=str(ROOT / "bench" / "out" / "home"))
     ap.add_argument("--model", default=None)
     ap.add_argument("--top-k", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "hot_tier.json"))
+    ap.add_argument("--unquoted", action="store_true", help="Also each retrieval arm in the unquoted layout.")
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
@@ -68,6 +85,11 @@ def main() -> dict:
         got = {q["id"]: retrieve(store, "bench", [{"role": "user", "content": q["prompt"]}], top_k=k,
                                  budget_tokens=1500, count_tokens=count) for q in questions}
         arms[f"retrieved k={k}"] = {i: (p.text, p.memory_ids) for i, p in got.items()}
+        if args.unquoted:
+            with unquoted():
+                got = {q["id"]: retrieve(store, "bench", [{"role": "user", "content": q["prompt"]}], top_k=k,
+                                         budget_tokens=1500, count_tokens=count) for q in questions}
+            arms[f"retrieved k={k} unquoted"] = {i: (p.text, p.memory_ids) for i, p in got.items()}
 
     # one engine for everything: questions that share a system prompt form one run
     runs, where = {}, {}

@@ -448,7 +448,8 @@ def test_a_conversation_through_the_gateway_is_recorded_and_summarised_by_the_re
     history = [{"role": "user", "content": "I'm planning a trip to Lisbon in May with my sister Ana."}]
     for follow_up in ("What should we eat there?", None):
         r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}",
-                       CONVERSATION_HEADER: "trip-1"}, json={"messages": history, "max_tokens": 40}, timeout=120)
+                       CONVERSATION_HEADER: "trip-1"}, json={"messages": history, "max_tokens": 40, "user": "u1"},
+                       timeout=120)
         assert r.status_code == 200
         history.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
         if follow_up:
@@ -460,7 +461,7 @@ def test_a_conversation_through_the_gateway_is_recorded_and_summarised_by_the_re
             assert time.monotonic() - t0 < 10, "the conversation was not recorded"
             EpisodeReader(store, served.home).poll()
             time.sleep(0.1)
-        ep = store.conversation_episode("carol", "trip-1")
+        ep = store.conversation_episode("carol", "trip-1", "u1")
         assert [m["role"] for m in ep.messages] == ["user", "assistant", "user", "assistant"]
         assert ep.messages[0]["content"] == history[0]["content"] and ep.messages[3]["version"] == "base"
         close_idle(store, 1, now=datetime.now(timezone.utc) + timedelta(minutes=2))
@@ -474,6 +475,7 @@ def test_a_conversation_through_the_gateway_is_recorded_and_summarised_by_the_re
         assert summaries, f"no summary after {ep.summary_tries} tries: {ep.summary_error}"
         print("summary:", summaries[0].text)
         assert ep.summarised and summaries[0].kind == "episode_summary"
+        assert summaries[0].end_user == "u1"  # the default policy: the summary is its end user's
         assert check_summary(summaries[0].text, "")[0] == summaries[0].text
 
 

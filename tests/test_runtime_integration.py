@@ -136,6 +136,12 @@ def test_feed_to_hot_to_weights(tmp_path, smollm2_dir):
             update = store.supersede(old, updates[old])
             keeper = store.add("alice", "fact", "The Orla Island lighthouse keeper is Bertil Sand.")
         _wait(lambda: s.chat("alice", q)["model"] == "base", 30, "the roll-back of alice@v1")
+
+        def newer_bake():
+            with MemoryStore.in_home(home) as store:
+                return [j for j in store.jobs.list("alice") if j.id > last_job and j.kind == "bake"]
+
+        _wait(newer_bake, 120, "a bake of the update")  # before it is queued, the tenant looks settled
         st = s.wait_for_bakes("alice", timeout=2400)
         with MemoryStore.in_home(home) as store:
             later = [j for j in store.jobs.list("alice") if j.id > last_job and j.kind == "bake"]
