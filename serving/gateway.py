@@ -522,7 +522,7 @@ class Gateway:
             log.exception("tenant %s: a conversation turn was not recorded", tenant)
             return
         task = asyncio.create_task(self._write_episode(tenant, conv, start, messages[start:], version,
-                                                       undo=(digests, previous), after=self._last_write,
+                                                       undo=(key, digests, previous), after=self._last_write,
                                                        user=turn["user"]))
         self._last_write = task
         self._recording.add(task)
@@ -540,8 +540,7 @@ class Gateway:
             log.warning("tenant %s: a conversation turn was not recorded: %s", tenant, e)
         except Exception:
             log.exception("tenant %s: a conversation turn was not recorded", tenant)
-        key = conv if user is None else f"{conv}\n{user}"
-        self.transcripts.undo(tenant, key, *undo)  # the next turn queues these messages again
+        self.transcripts.undo(tenant, *undo)  # the next turn queues these messages again
 
     def _done(self, name: str, tenant: str, usage: dict | None = None) -> None:
         self.meter.done(tenant, usage)

@@ -128,14 +128,14 @@ def learn(store: MemoryStore, tenant: str, comment: str | None, rating: int | No
     if operator:
         return add_instruction(store, tenant, rule, meta, source=source)
     verdict = screen_rule(rule)
+    if verdict.clean and policy.learn_instructions == "auto":
+        return add_instruction(store, tenant, rule, meta, source=source, user=user)
     if not verdict.clean:
         log.warning("feedback (%s): rule %r quarantined: %s", tenant, rule, verdict.reason)
-        return store.add(tenant, "instruction", rule, source=source, meta=meta, end_user=user,
-                         admission="quarantined", admission_reason=verdict.reason)
-    if policy.learn_instructions == "review":
-        return store.add(tenant, "instruction", rule, source=source, meta=meta, end_user=user,
-                         admission="proposed", admission_reason="a rule from feedback, waiting for the operator")
-    return add_instruction(store, tenant, rule, meta, source=source, user=user)
+    held = ("quarantined", verdict.reason) if not verdict.clean else \
+        ("proposed", "a rule from feedback, waiting for the operator")
+    return store.add(tenant, "instruction", rule, source=source, meta=meta, end_user=user,
+                     admission=held[0], admission_reason=held[1])
 
 
 def add_instruction(store: MemoryStore, tenant: str, rule: str, meta: dict | None = None, *,

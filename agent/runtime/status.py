@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from memory import MemoryStore
@@ -73,10 +74,8 @@ def collect(home: Path) -> dict:
 
 def _held_back(store: MemoryStore, tenant: str) -> dict:
     """How many live memories wait out of prompts and bakes (memory.trust), by admission."""
-    rows = store.db.execute("SELECT admission, count(*) FROM memories WHERE tenant = ? AND valid_to IS NULL"
-                            " AND status != 'forgotten' AND admission IN ('proposed', 'quarantined')"
-                            " GROUP BY admission", [tenant]).fetchall()
-    return {"proposed": 0, "quarantined": 0} | dict(rows)
+    waiting = Counter(m.admission for m in store.trust.held_back(tenant))
+    return {"proposed": waiting["proposed"], "quarantined": waiting["quarantined"]}
 
 
 STUCK_AFTER = 3  # rejected bakes in a row, for one reason, before a tenant is shown as stuck
